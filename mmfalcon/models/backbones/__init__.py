@@ -1,0 +1,3 @@
+from .falconnet import FalconNet
+
+__all__ = ['FalconNet']

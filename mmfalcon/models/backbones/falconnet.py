@@ -1,0 +1,291 @@
+import logging
+import math
+from typing import Dict, Sequence, Union
+
+import torch.nn as nn
+from mmcv.cnn import build_activation_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..layers import (ConvNorm, FasterNetBlock, InvertedResidual, RefCO,
+                      RepSO, best_window)
+
+_dense_fallbacks_logged = set()
+
+
+def build_channel_op(in_channels, out_channels, reduction, num_branches,
+                     norm_cfg, deploy):
+    """RefCO when an SF-Conv window exists, else a dense 1x1 conv + BN."""
+    if best_window(in_channels, out_channels, reduction) is not None:
+        return RefCO(in_channels, out_channels, reduction,
+                     num_branches=num_branches, norm_cfg=norm_cfg,
+                     deploy=deploy)
+    if (in_channels, out_channels) not in _dense_fallbacks_logged:
+        _dense_fallbacks_logged.add((in_channels, out_channels))
+        print_log(
+            f'FalconNet: no feasible SF-Conv window for {in_channels} -> '
+            f'{out_channels} channels (reduction {reduction}); using a '
+            'dense 1x1 conv.', logger='current', level=logging.WARNING)
+    return ConvNorm(in_channels, out_channels, 1, norm_cfg=norm_cfg,
+                    deploy=deploy)
+
+
+class MetaLightBlock(nn.Module):
+    """Meta Light Block (FalconNet spec section 2).
+
+    ``x + channel_op2(act(RepSO(act(channel_op1(x)))))`` with RefCO as both
+    channel operators (C -> lambda*C -> C) and RepSO as spatial operator.
+
+    Args:
+        channels (int): Input and output channels C.
+        expand_ratio (int): Expansion lambda. Defaults to 4.
+        dilation (int): Dilation of the spatial operator. Defaults to 1.
+        num_spatial_branches (int): Parallel 3x3 branches N of RepSO.
+            Defaults to 3.
+        num_channel_branches (int): Parallel branches M of RefCO.
+            Defaults to 3.
+        reduction (int): SF-Conv channel reduction R. Defaults to 2.
+        drop_path (float): Stochastic depth rate. Defaults to 0.
+        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
+        act_cfg (dict): Activation config. Defaults to
+            ``dict(type='ReLU')``.
+        deploy (bool): Build fused layers directly. Defaults to False.
+    """
+
+    def __init__(self, channels, expand_ratio=4, dilation=1,
+                 num_spatial_branches=3, num_channel_branches=3, reduction=2,
+                 drop_path=0., norm_cfg=dict(type='BN'),
+                 act_cfg=dict(type='ReLU'), deploy=False):
+        super().__init__()
+        hidden = channels * expand_ratio
+        self.channel_op1 = build_channel_op(channels, hidden, reduction,
+                                            num_channel_branches, norm_cfg,
+                                            deploy)
+        self.act1 = build_activation_layer(act_cfg)
+        self.spatial_op = RepSO(hidden, dilation=dilation,
+                                num_3x3=num_spatial_branches,
+                                norm_cfg=norm_cfg, deploy=deploy)
+        self.act2 = build_activation_layer(act_cfg)
+        self.channel_op2 = build_channel_op(hidden, channels, reduction,
+                                            num_channel_branches, norm_cfg,
+                                            deploy)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else (
+            nn.Identity())
+
+    def forward(self, x):
+        out = self.act1(self.channel_op1(x))
+        out = self.channel_op2(self.act2(self.spatial_op(out)))
+        return x + self.drop_path(out)
+
+
+def _inverted_residual(channels, dilation=1, drop_path=0., **kwargs):
+    """LightNet adapter: an IRB keeps the width and has no drop path."""
+    return InvertedResidual(channels, channels, dilation=dilation, **kwargs)
+
+
+LIGHTNET_BLOCKS = {
+    'MetaLightBlock': MetaLightBlock,
+    'InvertedResidual': _inverted_residual,
+    'FasterNetBlock': FasterNetBlock,
+}
+
+
+class LightNetStem(nn.Module):
+    """LightNet stem (spec section 1), output stride 4.
+
+    3x3 s2 conv -> 3x3 DW conv with a residual -> 1x1 conv -> 3x3 DW s2 conv
+    (BN, no activation).
+    """
+
+    def __init__(self, out_channels, mid_channels, norm_cfg, act_cfg,
+                 deploy):
+        super().__init__()
+        common = dict(norm_cfg=norm_cfg, deploy=deploy)
+        self.conv = ConvNorm(3, mid_channels, 3, stride=2, act_cfg=act_cfg,
+                             **common)
+        self.dw_conv = ConvNorm(mid_channels, mid_channels, 3,
+                                groups=mid_channels, act_cfg=act_cfg,
+                                **common)
+        self.pw_conv = ConvNorm(mid_channels, out_channels, 1,
+                                act_cfg=act_cfg, **common)
+        self.down_conv = ConvNorm(out_channels, out_channels, 3, stride=2,
+                                  groups=out_channels, **common)
+
+    def forward(self, x):
+        x = self.conv(x)
+        x = x + self.dw_conv(x)
+        return self.down_conv(self.pw_conv(x))
+
+
+@MODELS.register_module()
+class FalconNet(BaseModule):
+    """FalconNet / LightNet backbone (FalconNet spec sections 1-5).
+
+    A LightNet frame (stem, four stages at strides 4/8/16/32, grouped 2x2
+    subsampling between stages, optional 1x1 head conv) hosting Meta Light
+    Blocks (RepSO + RefCO) or, to test the frame on its own, other blocks.
+
+    Args:
+        arch (str | dict): A name in ``arch_zoo`` or a dict with keys
+            ``depths`` and ``widths`` (4 ints each). Defaults to 'base'.
+        block (str | dict): Block type, one of ``LIGHTNET_BLOCKS``
+            ('MetaLightBlock', 'InvertedResidual', 'FasterNetBlock'), or a
+            dict with ``type`` and extra block arguments.
+            Defaults to 'MetaLightBlock'.
+        stem_ratio (float): Stem hidden width as a fraction of the first
+            stage width. Defaults to 0.5.
+        head_channels (int): Output channels of the head conv, built only
+            when index 4 is in ``out_indices``. Defaults to 1024.
+        out_indices (Sequence[int]): Outputs to return: 0-3 the stages
+            (strides 4, 8, 16, 32), 4 the head conv. Defaults to (3, ).
+        frozen_stages (int): -1 freezes nothing, 0 the stem, k the stem and
+            stages 1..k. Defaults to -1.
+        norm_eval (bool): Keep BN layers in eval mode while training.
+            Defaults to False.
+        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
+        act_cfg (dict): Activation config. Defaults to
+            ``dict(type='ReLU')``.
+        drop_path_rate (float): Stochastic depth rate, linear over blocks.
+            Defaults to 0.
+        deploy (bool): Build the fused (deploy) form directly.
+            Defaults to False.
+        pretrained (str | None): Deprecated mmseg-style checkpoint path,
+            turned into ``init_cfg``. Defaults to None.
+        init_cfg (dict | list[dict] | None): Initialization config.
+    """
+    # 'base' is the paper's default; 'tiny' and 'small' are this project's
+    # own narrower/shallower variants (not from the paper).
+    arch_zoo: Dict[str, Dict[str, Sequence[int]]] = {
+        'base': dict(depths=[3, 3, 9, 3], widths=[32, 64, 128, 256]),
+        'small': dict(depths=[2, 2, 6, 2], widths=[24, 48, 96, 192]),
+        'tiny': dict(depths=[1, 1, 2, 1], widths=[16, 32, 64, 128]),
+    }
+    num_stages = 4
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'base',
+                 block: Union[str, dict] = 'MetaLightBlock',
+                 stem_ratio: float = 0.5,
+                 head_channels: int = 1024,
+                 out_indices: Sequence[int] = (3, ),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='ReLU'),
+                 drop_path_rate: float = 0.,
+                 deploy: bool = False,
+                 pretrained=None,
+                 init_cfg=None):
+        if pretrained is not None:
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        if init_cfg is None:
+            init_cfg = [
+                dict(type='Kaiming', layer='Conv2d'),
+                dict(type='Constant', val=1, layer=['_BatchNorm'])
+            ]
+        super().__init__(init_cfg)
+        self.arch = self._parse_arch(arch)
+        depths, widths = self.arch['depths'], self.arch['widths']
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        bad = [i for i in out_indices if not 0 <= i <= self.num_stages]
+        if bad or len(out_indices) == 0:
+            raise ValueError(
+                f'out_indices {tuple(out_indices)} out of range: each index '
+                f'must be in 0..{self.num_stages} (0-3 the stages, '
+                f'{self.num_stages} the head conv).')
+        if not -1 <= frozen_stages <= self.num_stages:
+            raise ValueError(f'frozen_stages={frozen_stages} out of range: '
+                             f'expected -1..{self.num_stages}.')
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.deploy = deploy
+        block_type, block_kwargs = self._parse_block(block)
+
+        self.stem = LightNetStem(widths[0], int(widths[0] * stem_ratio),
+                                 norm_cfg, act_cfg, deploy)
+        total = sum(depths)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        self.stages = nn.ModuleList()
+        in_channels = widths[0]
+        for i, (depth, width) in enumerate(zip(depths, widths)):
+            layers = []
+            if i > 0:  # subsampling: grouped 2x2 stride-2 conv + BN
+                layers.append(
+                    ConvNorm(in_channels, width, 2, stride=2, padding=0,
+                             groups=math.gcd(in_channels, width),
+                             norm_cfg=norm_cfg, deploy=deploy))
+            for _ in range(depth):
+                layers.append(LIGHTNET_BLOCKS[block_type](
+                    width, drop_path=rates.pop(0), norm_cfg=norm_cfg,
+                    act_cfg=act_cfg, deploy=deploy, **block_kwargs))
+            self.stages.append(nn.Sequential(*layers))
+            in_channels = width
+        self.head_conv = ConvNorm(
+            in_channels, head_channels, 1, norm_cfg=norm_cfg,
+            act_cfg=act_cfg, deploy=deploy
+        ) if self.num_stages in self.out_indices else None
+        self._freeze_stages()
+
+    def _parse_arch(self, arch):
+        if isinstance(arch, str):
+            if arch not in self.arch_zoo:
+                raise ValueError(f'Unknown arch {arch!r}; expected one of '
+                                 f'{sorted(self.arch_zoo)} or a dict.')
+            return self.arch_zoo[arch]
+        if not isinstance(arch, dict) or set(arch) != {'depths', 'widths'}:
+            raise ValueError(
+                f'Custom arch must be a dict with exactly the keys '
+                f"'depths' and 'widths', got {arch!r}.")
+        for key in ('depths', 'widths'):
+            values = arch[key]
+            if len(values) != self.num_stages or min(values) < 1:
+                raise ValueError(f'arch[{key!r}]={values!r}: expected '
+                                 f'{self.num_stages} positive ints.')
+        return dict(arch)
+
+    @staticmethod
+    def _parse_block(block):
+        block = dict(type=block) if isinstance(block, str) else dict(block)
+        block_type = block.pop('type', None)
+        if block_type not in LIGHTNET_BLOCKS:
+            raise ValueError(f'Unknown block {block_type!r}; expected one '
+                             f'of {sorted(LIGHTNET_BLOCKS)}.')
+        return block_type, block
+
+    def forward(self, x):
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+        if self.head_conv is not None:
+            outs.append(self.head_conv(x))
+        return tuple(outs)
+
+    def _freeze_stages(self):
+        stem_and_stages = [self.stem, *self.stages]
+        for module in stem_and_stages[:self.frozen_stages + 1]:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def switch_to_deploy(self):
+        """Fuse every re-parameterizable layer in place (idempotent)."""
+        # Imported here: mmfalcon.engine imports the layers of this package.
+        from mmfalcon.engine import switch_to_deploy
+        switch_to_deploy(self)

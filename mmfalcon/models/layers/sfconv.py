@@ -1,0 +1,199 @@
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
+
+from .reparam import Reparameterizable, fuse_conv_bn
+
+
+def sfconv_params(in_channels: int, out_channels: int, window: int,
+                  reduction: int) -> int:
+    """Weights of an SF-Conv pair: C_in*K/R + C_in*C_out/K (spec 4.3)."""
+    return in_channels * window // reduction + (
+        in_channels * out_channels // window)
+
+
+def is_feasible_window(in_channels, out_channels, window, reduction) -> bool:
+    """K divides C_in, R divides K and K/R divides C_out (spec 4.4)."""
+    return (window > 0 and in_channels % window == 0
+            and window % reduction == 0
+            and out_channels % (window // reduction) == 0)
+
+
+def best_window(in_channels: int, out_channels: int,
+                reduction: int = 2) -> Optional[int]:
+    """The feasible window with the fewest parameters (ties: smaller K).
+
+    The unconstrained optimum is K = sqrt(R * C_out); returns None when no
+    window is feasible.
+    """
+    feasible = [
+        k for k in range(1, in_channels + 1)
+        if is_feasible_window(in_channels, out_channels, k, reduction)
+    ]
+    if not feasible:
+        return None
+    return min(feasible, key=lambda k: (
+        sfconv_params(in_channels, out_channels, k, reduction), k))
+
+
+class FactorizedPointwise(nn.Module):
+    """Fused SF-Conv pair: two sparse 1x1 layers with a channel shuffle.
+
+    Computed as two batched matrix products over a reshaped tensor, which
+    needs no separate shuffle copy for the first product; on these CPUs it
+    beat grouped 1x1 convs + shuffle (see tools/analysis/benchmark.py,
+    ``--sfconv``). ``impl='conv'`` keeps the grouped-conv form to compare.
+    """
+
+    def __init__(self, in_channels, out_channels, window, reduction,
+                 impl='matmul'):
+        super().__init__()
+        self.groups = in_channels // window  # G windows of K channels
+        self.positions = window // reduction  # K/R hidden positions
+        self.window = window
+        self.out_channels = out_channels
+        self.impl = impl
+        hidden = in_channels // reduction
+        # Stored in grouped-conv layout so both implementations share them.
+        self.weight1 = nn.Parameter(torch.empty(hidden, window, 1, 1))
+        self.bias1 = nn.Parameter(torch.zeros(hidden))
+        self.weight2 = nn.Parameter(
+            torch.empty(out_channels, self.groups, 1, 1))
+        self.bias2 = nn.Parameter(torch.zeros(out_channels))
+        nn.init.kaiming_normal_(self.weight1)
+        nn.init.kaiming_normal_(self.weight2)
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        g, p = self.groups, self.positions
+        if self.impl == 'conv':
+            x = F.conv2d(x, self.weight1, self.bias1, groups=g)
+            x = x.reshape(n, g, p, h, w).transpose(1, 2).reshape(n, -1, h, w)
+            return F.conv2d(x, self.weight2, self.bias2, groups=p)
+        x = x.reshape(n, g, self.window, h * w)
+        hid = torch.matmul(self.weight1.reshape(g, p, self.window), x)
+        hid = hid + self.bias1.reshape(g, p, 1)
+        # [n, G, K/R, HW] -> [n, K/R, G, HW]: gather one position of every
+        # window, so each output sees all input channels.
+        out = torch.matmul(
+            self.weight2.reshape(p, self.out_channels // p, g),
+            hid.transpose(1, 2))
+        out = out + self.bias2.reshape(p, -1, 1)
+        return out.reshape(n, self.out_channels, h, w)
+
+
+class SFConv(Reparameterizable):
+    """Sparse factorized 1x1 conv with full receptive range (spec 4.1-4.4).
+
+    A grouped 1x1 conv C_in -> C_in/R (G = C_in/K windows), a channel
+    shuffle, and a grouped 1x1 conv C_in/R -> C_out (K/R groups), each
+    followed by BN. Fuses into :class:`FactorizedPointwise` with biases.
+
+    Args:
+        in_channels (int): Input channels C_in.
+        out_channels (int): Output channels C_out.
+        reduction (int): Channel reduction R of the first layer.
+            Defaults to 2.
+        window (int | None): Window K; ``None`` picks the feasible K with
+            the fewest parameters. Defaults to None.
+        num_branches (int): Parallel branches per layer (M, each with its
+            own BN, summed); 1 for a plain SF-Conv. Defaults to 1.
+        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
+        deploy (bool): Build the fused form directly. Defaults to False.
+    """
+    _branch_names = ('conv1', 'bn1', 'conv2', 'bn2')
+
+    def __init__(self, in_channels, out_channels, reduction=2, window=None,
+                 num_branches=1, norm_cfg=dict(type='BN'), deploy=False):
+        super().__init__()
+        if window is None:
+            window = best_window(in_channels, out_channels, reduction)
+            if window is None:
+                raise ValueError(
+                    f'No feasible SF-Conv window for {in_channels} -> '
+                    f'{out_channels} channels with reduction {reduction}: '
+                    'K must divide C_in, R must divide K and K/R must '
+                    'divide C_out.')
+        elif not is_feasible_window(in_channels, out_channels, window,
+                                    reduction):
+            raise ValueError(
+                f'window={window} is not feasible for {in_channels} -> '
+                f'{out_channels} channels with reduction {reduction}: K '
+                'must divide C_in, R must divide K and K/R must divide C_out.')
+        if num_branches < 1:
+            raise ValueError(f'num_branches must be >= 1, got {num_branches}')
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.reduction, self.window = reduction, window
+        self.num_branches = num_branches
+        self.groups = in_channels // window
+        self.positions = window // reduction
+        if deploy:
+            self.fused = self._make_fused()
+            return
+        hidden, m = in_channels // reduction, num_branches
+        # M branches as one grouped conv with M outputs per group slot; a BN
+        # over the M-fold channels equals M independent BNs.
+        self.conv1 = nn.Conv2d(in_channels, hidden * m, 1, groups=self.groups,
+                               bias=False)
+        self.bn1 = build_norm_layer(norm_cfg, hidden * m)[1]
+        self.conv2 = nn.Conv2d(hidden, out_channels * m, 1,
+                               groups=self.positions, bias=False)
+        self.bn2 = build_norm_layer(norm_cfg, out_channels * m)[1]
+
+    def _make_fused(self):
+        return FactorizedPointwise(self.in_channels, self.out_channels,
+                                   self.window, self.reduction)
+
+    def _sum_branches(self, x, groups):
+        """[n, groups*M*c, h, w] -> [n, groups*c, h, w] summing branches."""
+        n, _, h, w = x.shape
+        x = x.reshape(n, groups, self.num_branches, -1, h, w).sum(2)
+        return x.reshape(n, -1, h, w)
+
+    def _fold(self, conv, bn, groups):
+        weight, bias = fuse_conv_bn(conv.weight, None, bn)
+        m = self.num_branches
+        weight = weight.reshape(groups, m, -1, *weight.shape[1:]).sum(1)
+        bias = bias.reshape(groups, m, -1).sum(1)
+        return weight.flatten(0, 1), bias.flatten()
+
+    def _fused_state(self):
+        w1, b1 = self._fold(self.conv1, self.bn1, self.groups)
+        w2, b2 = self._fold(self.conv2, self.bn2, self.positions)
+        return dict(weight1=w1, bias1=b1, weight2=w2, bias2=b2)
+
+    def forward(self, x):
+        if self.deployed:
+            return self.fused(x)
+        hid = self._sum_branches(self.bn1(self.conv1(x)), self.groups)
+        n, _, h, w = hid.shape
+        hid = hid.reshape(n, self.groups, self.positions, h, w).transpose(
+            1, 2).reshape(n, -1, h, w)
+        return self._sum_branches(self.bn2(self.conv2(hid)), self.positions)
+
+
+class RefCO(SFConv):
+    """Re-parameterizable factorized channel operator (spec section 4).
+
+    M parallel first SF-Convs (own BN each) summed, then M parallel second
+    SF-Convs summed; all share one sparsity pattern, so each layer folds
+    into one grouped conv with bias (never into a dense 1x1 conv).
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        reduction (int): Channel reduction R. Defaults to 2.
+        window (int | None): Window K, ``None`` for the best feasible one.
+            Defaults to None.
+        num_branches (int): Parallel branches M. Defaults to 3.
+        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
+        deploy (bool): Build the fused form directly. Defaults to False.
+    """
+
+    def __init__(self, in_channels, out_channels, reduction=2, window=None,
+                 num_branches=3, norm_cfg=dict(type='BN'), deploy=False):
+        super().__init__(in_channels, out_channels, reduction, window,
+                         num_branches, norm_cfg, deploy)
