@@ -1,0 +1,75 @@
+"""Side-by-side CPU measurements: parameters, FLOPs, median latency."""
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class BenchmarkRow:
+    name: str
+    params: Optional[int] = None
+    flops: Optional[int] = None
+    latency_ms: Optional[float] = None
+    note: str = ''
+    ratios: Dict[str, float] = field(default_factory=dict)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, shape: Sequence[int]) -> Optional[int]:
+    """FLOPs (multiply-adds, mmengine's convention) for one input."""
+    from mmengine.analysis import FlopAnalyzer
+    with torch.no_grad():
+        analyzer = FlopAnalyzer(model, torch.randn(*shape))
+        analyzer.unsupported_ops_warnings(False)
+        analyzer.uncalled_modules_warnings(False)
+        return int(analyzer.total())
+
+
+@torch.no_grad()
+def measure_latency(models: Dict[str, nn.Module], shape: Sequence[int],
+                    warmup: int = 10, runs: int = 50) -> Dict[str, float]:
+    """Median latency in ms of each model, runs interleaved round-robin so
+    that machine noise hits every model alike."""
+    x = torch.randn(*shape)
+    for model in models.values():
+        model.eval()
+        for _ in range(warmup):
+            model(x)
+    times: Dict[str, List[float]] = {name: [] for name in models}
+    for _ in range(runs):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(x)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def format_table(rows: List[BenchmarkRow], markdown: bool = False) -> str:
+    ratio_names = sorted({k for r in rows for k in r.ratios})
+    header = ['model', 'params (M)', 'FLOPs (G)', 'median ms'] + ratio_names
+    header.append('note')
+
+    def fmt(value, scale=1.0, digits=3):
+        return '-' if value is None else f'{value / scale:.{digits}f}'
+
+    lines = []
+    for r in rows:
+        lines.append([
+            r.name, fmt(r.params, 1e6), fmt(r.flops, 1e9),
+            fmt(r.latency_ms, digits=2)
+        ] + [fmt(r.ratios.get(k), digits=2) for k in ratio_names] + [r.note])
+    if markdown:
+        out = ['| ' + ' | '.join(header) + ' |',
+               '|' + '---|' * len(header)]
+        out += ['| ' + ' | '.join(line) + ' |' for line in lines]
+        return '\n'.join(out)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    return '\n'.join('  '.join(str(x).ljust(w) for x, w in zip(line, widths))
+                     for line in [header] + lines)

@@ -1,0 +1,36 @@
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+
+from .checkpoint import is_fused_checkpoint
+from .deploy import is_deployed, switch_to_deploy
+
+
+@HOOKS.register_module()
+class ReparameterizeHook(Hook):
+    """Test with fused (re-parameterized) weights.
+
+    Before the checkpoint is loaded, fuses the model when the checkpoint is
+    a fused one (it has no training branches to load into); before testing,
+    fuses whatever is still unfused. Logs what it did.
+    """
+    priority = 'VERY_HIGH'
+
+    @staticmethod
+    def _fuse(runner, why):
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        if is_deployed(model):
+            return
+        switch_to_deploy(model)
+        print_log(f'Re-parameterized the model: every fusable layer is now '
+                  f'fused ({why}).', logger='current')
+
+    def before_run(self, runner):
+        checkpoint = getattr(runner, '_load_from', None)
+        if checkpoint and is_fused_checkpoint(checkpoint):
+            self._fuse(runner, f'{checkpoint} is a fused checkpoint')
+
+    def before_test(self, runner):
+        self._fuse(runner, 'testing with fused weights')

@@ -1,0 +1,244 @@
+import warnings
+from typing import Sequence, Union
+
+import torch.nn as nn
+from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..layers.inverted_residual import InvertedResidual
+from ..layers.parc import ParCOuterFrame
+from ..layers.reparam import ConvNorm
+
+# MV2 expansion of every inverted residual in ParC-Net (spec 3).
+MV2_EXPAND_RATIO = 4
+
+
+@MODELS.register_module()
+class ParCNet(BaseModule):
+    """ParC-Net backbone (ParC-Net spec section 3; ECCV 2022, "ParC-Net:
+    Position Aware Circular Convolution with Merits from ConvNets and
+    Transformer").
+
+    MobileViT layout with the transformer replaced by ParC blocks: a stem,
+    MV2 layers, then layers of one stride-2 MV2 + an outer frame, and the
+    1x1 head expansion conv ``conv_1x1_exp``. No classifier.
+
+    Output indices: 0 ``stem`` (stride 2), 1..5 ``layer1``..``layer5``
+    (strides 2, 4, 8, 16, 32), 6 ``conv_1x1_exp`` (stride 32). Stages after
+    the last requested index are built (so official checkpoints load
+    strictly) but not run; their parameters get ``requires_grad=False`` so
+    distributed training does not wait for their gradients.
+
+    Args:
+        arch (str | dict): ``'s'`` or ``'xs'``, or a dict with the keys of
+            :attr:`arch_zoo` entries: ``stem_channels`` (int),
+            ``mv2_layers`` (list of ``[out_channels, num_blocks, stride]``),
+            ``parc_layers`` (list of ``[out_channels, channels,
+            ffn_channels, num_blocks, kernel_size]``, each stride 2),
+            ``fusion`` ('concat' or 'add') and ``head_channels`` (int).
+            Defaults to 's'.
+        in_channels (int): Input image channels. Defaults to 3.
+        out_indices (int | Sequence[int]): Outputs to return (see above;
+            negative indices count from the end). Defaults to (4, 5).
+        frozen_stages (int): -1 freezes nothing, 0 the stem, k the stem and
+            the first k layers (6 also the head conv). Defaults to -1.
+        out_stride (int): 32, or 16 to remove the last layer's downsampling
+            (its MV2 depthwise conv gets stride 1, dilation 2; the ParC
+            kernels follow the larger map). Defaults to 32.
+        use_pe (bool): Position embeddings in the first ParC block of each
+            stage. Defaults to True.
+        drop_rate (float): Dropout after each ParC block's FFN.
+            Defaults to 0.1.
+        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
+        act_cfg (dict): Activation of the conv layers. Defaults to
+            ``dict(type='SiLU')``.
+        norm_eval (bool): Keep BN layers in eval mode while training.
+            Defaults to False.
+        deploy (bool): Build the fused (deploy) form directly.
+            Defaults to False.
+        pretrained (str | None): Deprecated mmseg-style checkpoint path,
+            turned into ``init_cfg``. Defaults to None.
+        init_cfg (dict | list[dict] | None): Initialization config.
+            Defaults to Kaiming for convs and ones for BN weights.
+    """
+    arch_zoo = {
+        's': dict(
+            stem_channels=16,
+            mv2_layers=[[32, 1, 1], [64, 3, 2]],
+            parc_layers=[[96, 192, 384, 2, 32], [128, 256, 512, 4, 16],
+                         [160, 320, 640, 3, 8]],
+            fusion='concat',
+            head_channels=640),
+        'xs': dict(
+            stem_channels=16,
+            mv2_layers=[[32, 1, 1], [64, 3, 2]],
+            parc_layers=[[96, 96, 192, 2, 32], [128, 128, 256, 3, 16],
+                         [160, 160, 320, 2, 8]],
+            fusion='add',
+            head_channels=640),
+    }
+    arch_keys = ('stem_channels', 'mv2_layers', 'parc_layers', 'fusion',
+                 'head_channels')
+
+    def __init__(self,
+                 arch: Union[str, dict] = 's',
+                 in_channels: int = 3,
+                 out_indices: Union[int, Sequence[int]] = (4, 5),
+                 frozen_stages: int = -1,
+                 out_stride: int = 32,
+                 use_pe: bool = True,
+                 drop_rate: float = 0.1,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='SiLU'),
+                 norm_eval: bool = False,
+                 deploy: bool = False,
+                 pretrained=None,
+                 init_cfg=None):
+        if pretrained is not None:
+            if not isinstance(pretrained, str):
+                raise TypeError(f'pretrained must be a str or None, got '
+                                f'{type(pretrained).__name__}')
+            warnings.warn('ParCNet: `pretrained` is deprecated, use '
+                          '`init_cfg=dict(type="Pretrained", checkpoint=...)`')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        if init_cfg is None:
+            init_cfg = [
+                dict(type='Kaiming', layer='Conv2d'),
+                dict(type='Constant', val=1, layer=['_BatchNorm'])
+            ]
+        super().__init__(init_cfg)
+        self.arch = self._parse_arch(arch)
+        if out_stride not in (16, 32):
+            raise ValueError(
+                f'out_stride must be 32 or 16, got {out_stride!r}')
+        self.layer_names = (
+            ['stem'] + [
+                f'layer{i + 1}' for i in range(
+                    len(self.arch['mv2_layers']) +
+                    len(self.arch['parc_layers']))
+            ] + ['conv_1x1_exp'])
+        num = len(self.layer_names)
+        self.out_indices = self._parse_out_indices(out_indices, num)
+        if not -1 <= frozen_stages < num:
+            raise ValueError(f'frozen_stages={frozen_stages!r} out of range: '
+                             f'expected -1..{num - 1}.')
+        self.frozen_stages = frozen_stages
+        self.out_stride = out_stride
+        self.norm_eval = norm_eval
+        self.deploy = deploy
+
+        common = dict(norm_cfg=norm_cfg, deploy=deploy)
+        channels = self.arch['stem_channels']
+        self.stem = ConvNorm(in_channels, channels, 3, stride=2,
+                             act_cfg=act_cfg, **common)
+        self.out_channels = [channels]
+        index = 1
+        for out_channels, num_blocks, stride in self.arch['mv2_layers']:
+            blocks = []
+            for i in range(num_blocks):
+                blocks.append(InvertedResidual(
+                    channels, out_channels, stride=stride if i == 0 else 1,
+                    expand_ratio=MV2_EXPAND_RATIO, act_cfg=act_cfg,
+                    **common))
+                channels = out_channels
+            self.add_module(f'layer{index}', nn.Sequential(*blocks))
+            self.out_channels.append(channels)
+            index += 1
+        parc_layers = self.arch['parc_layers']
+        for i, (out_channels, width, ffn_channels, num_blocks,
+                kernel_size) in enumerate(parc_layers):
+            # out_stride 16: the last layer keeps its resolution and widens
+            # its receptive field with a dilated depthwise conv instead.
+            keep = out_stride == 16 and i == len(parc_layers) - 1
+            layer = nn.Sequential(
+                InvertedResidual(
+                    channels, out_channels, stride=1 if keep else 2,
+                    expand_ratio=MV2_EXPAND_RATIO, dilation=2 if keep else 1,
+                    act_cfg=act_cfg, **common),
+                ParCOuterFrame(
+                    out_channels, width, ffn_channels, num_blocks,
+                    kernel_size, fusion=self.arch['fusion'], use_pe=use_pe,
+                    drop_rate=drop_rate, act_cfg=act_cfg, **common))
+            self.add_module(f'layer{index}', layer)
+            channels = out_channels
+            self.out_channels.append(channels)
+            index += 1
+        self.conv_1x1_exp = ConvNorm(channels, self.arch['head_channels'], 1,
+                                     act_cfg=act_cfg, **common)
+        self.out_channels.append(self.arch['head_channels'])
+
+        self._num_run = max(self.out_indices) + 1
+        for name in self.layer_names[self._num_run:]:
+            getattr(self, name).requires_grad_(False)
+        self._freeze_stages()
+
+    def _parse_arch(self, arch):
+        if isinstance(arch, str):
+            if arch not in self.arch_zoo:
+                raise ValueError(f'Unknown arch {arch!r}; expected one of '
+                                 f'{sorted(self.arch_zoo)} or a dict.')
+            return self.arch_zoo[arch]
+        if not isinstance(arch, dict):
+            raise ValueError(f'arch must be a str or a dict, got {arch!r}.')
+        missing = [key for key in self.arch_keys if key not in arch]
+        extra = sorted(set(arch) - set(self.arch_keys))
+        if missing or extra:
+            raise ValueError(
+                f'Custom arch dict must have exactly the keys '
+                f'{list(self.arch_keys)}; missing {missing}, '
+                f'unexpected {extra}.')
+        for key, size in (('mv2_layers', 3), ('parc_layers', 5)):
+            rows = arch[key]
+            if not rows or any(len(row) != size for row in rows):
+                raise ValueError(f'arch[{key!r}]={rows!r}: expected a '
+                                 f'non-empty list of {size}-element lists.')
+        if arch['fusion'] not in ('concat', 'add'):
+            raise ValueError(f"arch['fusion'] must be 'concat' or 'add', "
+                             f"got {arch['fusion']!r}.")
+        return dict(arch)
+
+    def _parse_out_indices(self, out_indices, num):
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        if len(out_indices) == 0:
+            raise ValueError('out_indices must not be empty.')
+        result = []
+        for index in out_indices:
+            if not -num <= index < num:
+                raise ValueError(
+                    f'out_indices contains {index!r}, out of range: valid '
+                    f'indices are 0..{num - 1} ({", ".join(self.layer_names)}'
+                    f') or -{num}..-1.')
+            result.append(index % num)
+        return tuple(sorted(set(result)))
+
+    def forward(self, x):
+        outs = []
+        for i, name in enumerate(self.layer_names[:self._num_run]):
+            x = getattr(self, name)(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def _freeze_stages(self):
+        for name in self.layer_names[:self.frozen_stages + 1]:
+            module = getattr(self, name)
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def switch_to_deploy(self):
+        """Fuse every re-parameterizable layer in place (idempotent)."""
+        # Imported here: mmfalcon.engine imports the layers of this package.
+        from mmfalcon.engine import switch_to_deploy
+        switch_to_deploy(self)

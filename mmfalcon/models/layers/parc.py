@@ -1,0 +1,447 @@
+"""ParC-Net building blocks: the ParC operator, the ParC block and the
+outer frame (ParC-Net spec, ``shared/design/parcnet.md`` sections 1-3, 5).
+
+Every layer with a BN in front of a linear op is a
+:class:`Reparameterizable`, so :func:`mmfalcon.switch_to_deploy` folds the
+whole stage into convolutions with biases and cached bias maps.
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmengine.registry import MODELS
+
+from .reparam import ConvNorm, Reparameterizable, bn_scale_shift, fuse_conv_bn
+
+# The channel attention gate is PyTorch's Hardsigmoid; mmcv's ``HSigmoid``
+# computes the same function but warns on every construction.
+if 'Hardsigmoid' not in MODELS.module_dict:
+    MODELS.register_module(module=nn.Hardsigmoid, name='Hardsigmoid')
+
+_DIMS = {'H': 2, 'W': 3}
+
+
+def _is_tracing() -> bool:
+    is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)
+    return (torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or is_exporting())
+
+
+def resize_meta(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """Resize a meta kernel / PE along ``dim`` to ``length`` (spec 1).
+
+    1-D bilinear interpolation with ``align_corners=True``, as the official
+    ``interpolation_bilinear`` instance-kernel method does.
+    """
+    if tensor.shape[dim] == length:
+        return tensor
+    size = list(tensor.shape[2:])
+    size[dim - 2] = length
+    return F.interpolate(
+        tensor, size=size, mode='bilinear', align_corners=True)
+
+
+def circular_conv(x: torch.Tensor, kernel: torch.Tensor,
+                  dim: int) -> torch.Tensor:
+    """Depthwise global circular conv: ``y[i] = sum_t k[t] x[(i+t) mod N]``.
+
+    ``kernel`` has length N along ``dim``; appending the first N-1 entries
+    and running a valid conv realises the wrap-around (spec 1).
+    """
+    length = x.shape[dim]
+    padded = torch.cat([x, x.narrow(dim, 0, length - 1)], dim=dim)
+    return F.conv2d(padded, kernel, groups=x.shape[1])
+
+
+def fold_norm_into_conv(norm: nn.modules.batchnorm._BatchNorm,
+                        weight: torch.Tensor, bias: Optional[torch.Tensor],
+                        groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BN that *precedes* a 1x1 conv into the conv.
+
+    Exact for 1x1 kernels (no padding sees the BN shift). Grouped convs are
+    handled by indexing the BN scale/shift per output channel's group.
+    """
+    scale, shift = bn_scale_shift(norm)
+    out_channels, in_per_group = weight.shape[:2]
+    group = torch.arange(out_channels, device=weight.device) // (
+        out_channels // groups)
+    scale = scale.reshape(groups, in_per_group)[group]
+    shift = shift.reshape(groups, in_per_group)[group]
+    flat = weight.flatten(1)
+    new_bias = (flat * shift).sum(1)
+    if bias is not None:
+        new_bias = new_bias + bias
+    return (flat * scale).reshape(weight.shape), new_bias
+
+
+class ParCFused(nn.Module):
+    """Deploy form of :class:`ParC` (spec 5): BN-folded kernel + bias map.
+
+    Kernels and bias maps are resized once per feature length and cached;
+    a new input size gets its own cache entry.
+
+    Args:
+        channels (int): Channels C.
+        kernel_size (int): Meta kernel length K.
+        direction (str): ``'H'`` or ``'W'``.
+        with_scale (bool): Hold the folded per-channel BN scale.
+        with_bias (bool): Hold the meta-length bias source (BN shift and/or
+            position embedding, in the conv's input space).
+    """
+
+    def __init__(self, channels: int, kernel_size: int, direction: str,
+                 with_scale: bool, with_bias: bool):
+        super().__init__()
+        self.dim = _DIMS[direction]
+        kernel_shape = [channels, 1, 1, 1]
+        kernel_shape[self.dim] = kernel_size
+        bias_shape = [1, channels, 1, 1]
+        bias_shape[self.dim] = kernel_size
+        self.kernel = nn.Parameter(torch.zeros(kernel_shape))
+        self.scale = nn.Parameter(
+            torch.ones(channels, 1, 1, 1)) if with_scale else None
+        self.bias = nn.Parameter(
+            torch.zeros(bias_shape)) if with_bias else None
+        self._cache = {}
+
+    def instance(self, length: int):
+        """Kernel and bias map for a feature of ``length`` along the axis."""
+        kernel = resize_meta(self.kernel, length, self.dim)
+        bias = None
+        if self.bias is not None:
+            # The bias source lives before the conv, so it is convolved with
+            # the un-scaled kernel; the BN scale only touches the input path.
+            bias = circular_conv(
+                resize_meta(self.bias, length, self.dim), kernel, self.dim)
+        if self.scale is not None:
+            kernel = kernel * self.scale
+        return kernel, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[self.dim]
+        # Training stays differentiable; tracers / exporters must see the
+        # ops on the parameters, not fill the cache with their proxies.
+        if self.training or _is_tracing():
+            kernel, bias = self.instance(length)
+        else:
+            entry = self._cache.get(length)
+            if entry is None:
+                with torch.no_grad():
+                    entry = self._cache[length] = self.instance(length)
+            kernel, bias = entry
+        out = circular_conv(x, kernel, self.dim)
+        return out if bias is None else out + bias
+
+    def train(self, mode: bool = True):
+        if mode:  # parameters may change while training
+            self._cache = {}
+        return super().train(mode)
+
+    def _apply(self, *args, **kwargs):
+        # .to() / .half() / .cuda() make cached tensors stale.
+        self._cache = {}
+        return super()._apply(*args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache = {}
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class ParC(Reparameterizable):
+    """Position aware circular convolution (spec 1; "gcc" in the official
+    code): [+PE] -> [norm] -> depthwise global circular conv along H or W.
+
+    The meta kernel (C,1,K,1) / (C,1,1,K) and the PE (1,C,K,1) / (1,C,1,K)
+    are resized to the actual feature length along their own axis, so
+    non-square inputs work (spec 1 **[fix]**). Fused, the norm is folded
+    into the kernel and the constant PE / BN-shift terms into a bias map.
+
+    Args:
+        channels (int): Channels C (depthwise).
+        kernel_size (int): Meta kernel length K.
+        direction (str): ``'H'`` (along the height) or ``'W'``.
+            Defaults to ``'H'``.
+        use_pe (bool): Add a learned position embedding to the input.
+            Defaults to False.
+        norm_cfg (dict | None): Norm applied after the PE, before the conv;
+            ``None`` for none. Defaults to None.
+        deploy (bool): Build the fused form directly. Defaults to False.
+    """
+    _branch_names = ('kernel', 'pe', 'norm')
+
+    def __init__(self, channels: int, kernel_size: int, direction: str = 'H',
+                 use_pe: bool = False, norm_cfg: Optional[dict] = None,
+                 deploy: bool = False):
+        super().__init__()
+        if direction not in _DIMS:
+            raise ValueError(
+                f"ParC direction must be 'H' or 'W', got {direction!r}")
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.direction = direction
+        self.dim = _DIMS[direction]
+        self.use_pe = use_pe
+        self.with_norm = norm_cfg is not None
+        if deploy:
+            self.fused = self._make_fused()
+            return
+        kernel_shape = [channels, 1, 1, 1]
+        kernel_shape[self.dim] = kernel_size
+        self.kernel = nn.Parameter(torch.empty(kernel_shape))
+        # PyTorch's default conv init, as the official meta kernels use.
+        nn.init.kaiming_uniform_(self.kernel, a=math.sqrt(5))
+        if use_pe:
+            pe_shape = [1, channels, 1, 1]
+            pe_shape[self.dim] = kernel_size
+            self.pe = nn.Parameter(torch.randn(pe_shape))
+        else:
+            self.register_parameter('pe', None)
+        self.norm = build_norm_layer(norm_cfg, channels)[1] \
+            if norm_cfg is not None else None
+
+    def switch_to_deploy(self) -> None:
+        super().switch_to_deploy()
+        # The new child starts in training mode; it must follow its parent
+        # or an eval-mode model would never use the kernel cache.
+        self.fused.train(self.training)
+
+    def _make_fused(self) -> nn.Module:
+        return ParCFused(self.channels, self.kernel_size, self.direction,
+                         with_scale=self.with_norm,
+                         with_bias=self.use_pe or self.with_norm)
+
+    def _fused_state(self):
+        state = dict(kernel=self.kernel)
+        # norm(x + pe) = s * x + (s * pe + t): a per-channel scale on the
+        # input path and a constant source that becomes the bias map.
+        source = self.pe
+        if self.norm is not None:
+            scale, shift = bn_scale_shift(self.norm)
+            state['scale'] = scale.reshape(-1, 1, 1, 1)
+            shift = shift.reshape(1, -1, 1, 1)
+            source = shift if source is None else \
+                source * scale.reshape(1, -1, 1, 1) + shift
+        if source is not None:
+            bias_shape = [1, self.channels, 1, 1]
+            bias_shape[self.dim] = self.kernel_size
+            state['bias'] = source.expand(bias_shape).clone()
+        return state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deployed:
+            return self.fused(x)
+        length = x.shape[self.dim]
+        if self.pe is not None:
+            x = x + resize_meta(self.pe, length, self.dim)
+        if self.norm is not None:
+            x = self.norm(x)
+        return circular_conv(x, resize_meta(self.kernel, length, self.dim),
+                             self.dim)
+
+
+class PreNormConv(Reparameterizable):
+    """Norm -> 1x1 conv (-> norm) (-> act); fuses into one 1x1 conv (spec 5).
+
+    Serves the FFN input layer (BN -> 1x1 + bias -> Hardswish) and the outer
+    frame's final BN + channel adapter (BN -> grouped 1x1 -> BN -> SiLU).
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        groups (int): Conv groups. Defaults to 1.
+        bias (bool): Conv bias. Defaults to False.
+        post_norm (bool): Add a norm after the conv. Defaults to False.
+        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
+        act_cfg (dict | None): Activation config. Defaults to None.
+        deploy (bool): Build the fused form directly. Defaults to False.
+    """
+    _branch_names = ('pre_norm', 'conv', 'norm')
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 1,
+                 bias: bool = False, post_norm: bool = False,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: Optional[dict] = None, deploy: bool = False):
+        super().__init__()
+        self.conv_args = dict(in_channels=in_channels,
+                              out_channels=out_channels, kernel_size=1,
+                              groups=groups)
+        if deploy:
+            self.fused = self._make_fused()
+        else:
+            self.pre_norm = build_norm_layer(norm_cfg, in_channels)[1]
+            self.conv = nn.Conv2d(**self.conv_args, bias=bias)
+            self.norm = build_norm_layer(norm_cfg, out_channels)[1] \
+                if post_norm else None
+        self.act = build_activation_layer(act_cfg) if act_cfg else None
+
+    def _make_fused(self) -> nn.Module:
+        return nn.Conv2d(**self.conv_args, bias=True)
+
+    def _fused_state(self):
+        weight, bias = fold_norm_into_conv(
+            self.pre_norm, self.conv.weight, self.conv.bias,
+            self.conv_args['groups'])
+        if self.norm is not None:
+            weight, bias = fuse_conv_bn(weight, bias, self.norm)
+        return dict(weight=weight, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deployed:
+            x = self.fused(x)
+        else:
+            x = self.conv(self.pre_norm(x))
+            if self.norm is not None:
+                x = self.norm(x)
+        return self.act(x) if self.act is not None else x
+
+
+class ChannelAttention(nn.Module):
+    """Channel attention "ca" of the ParC block (spec 2, the "SE"):
+    ``x * gate(norm(1x1(act(norm(1x1(mean_hw(x)))))))``.
+
+    Args:
+        channels (int): Channels C.
+        reduction (int): Hidden width = C // reduction. Defaults to 16.
+        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
+        act_cfg (dict): Hidden activation. Defaults to
+            ``dict(type='HSwish')`` (PyTorch's Hardswish).
+        gate_cfg (dict): Gate activation. Defaults to
+            ``dict(type='Hardsigmoid')``.
+        deploy (bool): Build fused convs directly. Defaults to False.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='HSwish'),
+                 gate_cfg: dict = dict(type='Hardsigmoid'),
+                 deploy: bool = False):
+        super().__init__()
+        hidden = channels // reduction
+        self.squeeze = ConvNorm(channels, hidden, 1, norm_cfg=norm_cfg,
+                                act_cfg=act_cfg, deploy=deploy)
+        self.excite = ConvNorm(hidden, channels, 1, norm_cfg=norm_cfg,
+                               act_cfg=gate_cfg, deploy=deploy)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.excite(self.squeeze(x.mean((2, 3), keepdim=True)))
+
+
+class ParCBlock(nn.Module):
+    """ParC block, meta-former style (spec 2; official ``gcc_ca``): a ParC
+    token mixer on two channel halves, then ``z + CA(FFN(z))``.
+
+    Half 1: +PE -> BN -> ParC-H -> +PE -> ParC-W; half 2 the same with W
+    first. Each half has its own residual.
+
+    Args:
+        channels (int): Block width Cs (split into two halves).
+        ffn_channels (int): FFN hidden width.
+        kernel_size (int): Meta kernel length K.
+        use_pe (bool): Position embeddings (first block of a stage only).
+            Defaults to False.
+        ffn_drop_rate (float): Dropout inside the FFN. Defaults to 0.
+        drop_rate (float): Dropout after the FFN. Defaults to 0.1.
+        ca_reduction (int): Channel attention reduction. Defaults to 16.
+        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
+        ffn_act_cfg (dict): FFN / CA hidden activation. Defaults to
+            ``dict(type='HSwish')``.
+        gate_cfg (dict): CA gate. Defaults to ``dict(type='Hardsigmoid')``.
+        deploy (bool): Build fused layers directly. Defaults to False.
+    """
+
+    def __init__(self, channels: int, ffn_channels: int, kernel_size: int,
+                 use_pe: bool = False, ffn_drop_rate: float = 0.,
+                 drop_rate: float = 0.1, ca_reduction: int = 16,
+                 norm_cfg: dict = dict(type='BN'),
+                 ffn_act_cfg: dict = dict(type='HSwish'),
+                 gate_cfg: dict = dict(type='Hardsigmoid'),
+                 deploy: bool = False):
+        super().__init__()
+        if channels % 2:
+            raise ValueError(
+                f'ParCBlock channels must be even, got {channels}')
+        half = channels // 2
+        common = dict(kernel_size=kernel_size, use_pe=use_pe, deploy=deploy)
+        self.mixer_hw = nn.Sequential(
+            ParC(half, direction='H', norm_cfg=norm_cfg, **common),
+            ParC(half, direction='W', **common))
+        self.mixer_wh = nn.Sequential(
+            ParC(half, direction='W', norm_cfg=norm_cfg, **common),
+            ParC(half, direction='H', **common))
+        self.ffn = nn.Sequential(
+            PreNormConv(channels, ffn_channels, bias=True, norm_cfg=norm_cfg,
+                        act_cfg=ffn_act_cfg, deploy=deploy),
+            nn.Dropout(ffn_drop_rate),
+            nn.Conv2d(ffn_channels, channels, 1),
+            nn.Dropout(drop_rate))
+        self.ca = ChannelAttention(channels, ca_reduction, norm_cfg=norm_cfg,
+                                   act_cfg=ffn_act_cfg, gate_cfg=gate_cfg,
+                                   deploy=deploy)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=1)
+        z = torch.cat([x1 + self.mixer_hw(x1), x2 + self.mixer_wh(x2)], dim=1)
+        return z + self.ca(self.ffn(z))
+
+
+class ParCOuterFrame(nn.Module):
+    """Outer frame (spec 3): the MobileViT block with its transformer
+    replaced by ParC blocks; local conv -> ParC blocks -> fuse with input.
+
+    ``local_rep`` (3x3 grouped conv + norm + act), ``proj`` (dense 1x1, no
+    norm), the ParC blocks, ``channel_adaptive`` (norm -> grouped 1x1 ->
+    norm -> act) and ``fusion`` (3x3 conv + norm + act on
+    ``concat(global, x)`` or on ``global + x``).
+
+    Args:
+        in_channels (int): Input / output channels C.
+        channels (int): Width Cs of the ParC blocks.
+        ffn_channels (int): FFN hidden width of the ParC blocks.
+        num_blocks (int): Number of ParC blocks.
+        kernel_size (int): Meta kernel length K.
+        fusion (str): ``'concat'`` (ParC-Net-S) or ``'add'`` (XS).
+            Defaults to ``'concat'``.
+        use_pe (bool): Position embeddings in the first block.
+            Defaults to True.
+        drop_rate (float): Dropout after each FFN. Defaults to 0.1.
+        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
+        act_cfg (dict): Activation of the conv layers. Defaults to
+            ``dict(type='SiLU')``.
+        deploy (bool): Build fused layers directly. Defaults to False.
+    """
+
+    def __init__(self, in_channels: int, channels: int, ffn_channels: int,
+                 num_blocks: int, kernel_size: int, fusion: str = 'concat',
+                 use_pe: bool = True, drop_rate: float = 0.1,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='SiLU'), deploy: bool = False):
+        super().__init__()
+        if fusion not in ('concat', 'add'):
+            raise ValueError(
+                f"fusion must be 'concat' or 'add', got {fusion!r}")
+        self.fusion_mode = fusion
+        groups = math.gcd(channels, in_channels)
+        common = dict(norm_cfg=norm_cfg, deploy=deploy)
+        self.local_rep = ConvNorm(in_channels, channels, 3, groups=groups,
+                                  act_cfg=act_cfg, **common)
+        self.proj = nn.Conv2d(channels, channels, 1, bias=False)
+        self.blocks = nn.Sequential(*[
+            ParCBlock(channels, ffn_channels, kernel_size,
+                      use_pe=use_pe and i == 0, drop_rate=drop_rate,
+                      **common) for i in range(num_blocks)
+        ])
+        self.channel_adaptive = PreNormConv(
+            channels, in_channels, groups=groups, post_norm=True,
+            act_cfg=act_cfg, **common)
+        fusion_in = 2 * in_channels if fusion == 'concat' else in_channels
+        self.fusion = ConvNorm(fusion_in, in_channels, 3, act_cfg=act_cfg,
+                               **common)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.channel_adaptive(self.blocks(self.proj(self.local_rep(x))))
+        if self.fusion_mode == 'concat':
+            return self.fusion(torch.cat([y, x], dim=1))
+        return self.fusion(y + x)

@@ -1,0 +1,33 @@
+import os
+import sys
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+torch.set_num_threads(2)
+
+
+@torch.no_grad()
+def randomize_bn_stats(model, seed=0):
+    """Give every BN non-trivial statistics so a BN fold is really tested."""
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+            module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.bias.copy_(torch.randn(n, generator=gen) * 0.2)
+    return model
+
+
+def config_path(name):
+    return os.path.join(ROOT, 'configs', name)
+
+
+@pytest.fixture
+def randomize_bn():
+    return randomize_bn_stats

@@ -1,0 +1,132 @@
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import mmfalcon
+from mmfalcon.models import FalconNet, RefCO, RepSO
+
+TINY = dict(depths=[1, 1, 2, 1], widths=[16, 32, 64, 128])
+STRIDES = (4, 8, 16, 32, 32)
+
+
+@pytest.mark.parametrize('size', [(320, 320), (333, 517)])
+def test_out_indices_shapes_and_strides(size):
+    model = FalconNet(arch=TINY, out_indices=(0, 1, 2, 3, 4),
+                      head_channels=96).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, *size))
+    channels = TINY['widths'] + [96]
+    assert len(outs) == 5
+    for out, c, s in zip(outs, channels, STRIDES):
+        assert out.shape[:2] == (1, c)
+        # stride-2 layers round odd sizes up or down, never by a whole step
+        assert abs(out.shape[2] - size[0] / s) < 1
+        assert abs(out.shape[3] - size[1] / s) < 1
+
+
+def test_subset_of_out_indices_and_no_unused_head():
+    model = FalconNet(arch=TINY, out_indices=(2, 3))
+    assert model.head_conv is None
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [64, 128]
+
+
+def test_paper_default_arch_uses_falcon_layers():
+    model = FalconNet()
+    assert model.arch == dict(depths=[3, 3, 9, 3], widths=[32, 64, 128, 256])
+    assert sum(isinstance(m, RepSO) for m in model.modules()) == 18
+    assert sum(isinstance(m, RefCO) for m in model.modules()) == 36
+
+
+@pytest.mark.parametrize('block', [
+    'MetaLightBlock', 'InvertedResidual', 'FasterNetBlock',
+    dict(type='InvertedResidual', expand_ratio=6)
+])
+def test_lightnet_hosts_other_blocks(block, randomize_bn):
+    model = FalconNet(arch=TINY, block=block, out_indices=(1, 3))
+    randomize_bn(model).eval()
+    x = torch.randn(1, 3, 96, 80)
+    with torch.no_grad():
+        before = model(x)
+        mmfalcon.switch_to_deploy(model)
+        after = model(x)
+    for b, a in zip(before, after):
+        assert (b - a).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize('size', [(320, 320), (333, 517)])
+def test_fused_equals_unfused(size, randomize_bn):
+    model = randomize_bn(FalconNet(arch='tiny', out_indices=(0, 1, 2, 3,
+                                                             4))).eval()
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        before = model(x)
+        model.switch_to_deploy()
+        after = model(x)
+    assert mmfalcon.is_deployed(model)
+    assert not any(isinstance(m, _BatchNorm) for m in model.modules())
+    for b, a in zip(before, after):
+        err = (b - a).abs().max().item()
+        assert err < 1e-4, err
+
+
+def test_deploy_build_matches_fused_checkpoint(randomize_bn):
+    model = randomize_bn(FalconNet(arch='tiny', out_indices=(2, 3))).eval()
+    mmfalcon.switch_to_deploy(model)
+    deployed = FalconNet(arch='tiny', out_indices=(2, 3), deploy=True).eval()
+    assert not any(isinstance(m, _BatchNorm) for m in deployed.modules())
+    deployed.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(model(x), deployed(x)):
+            assert torch.allclose(a, b)
+
+
+def test_switch_to_deploy_idempotent():
+    model = FalconNet(arch='tiny').eval()
+    mmfalcon.switch_to_deploy(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    mmfalcon.switch_to_deploy(model)
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_fused_checkpoint_into_unfused_model_is_refused():
+    fused = FalconNet(arch='tiny', deploy=True)
+    with pytest.raises(RuntimeError, match='fused .deploy. form.*stem.conv'):
+        FalconNet(arch='tiny').load_state_dict(fused.state_dict())
+    with pytest.raises(RuntimeError, match='unfused .training. form'):
+        fused.load_state_dict(FalconNet(arch='tiny').state_dict())
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(arch='huge'), "Unknown arch 'huge'.*'base'"),
+    (dict(arch=dict(depths=[1, 1, 1])), 'Custom arch'),
+    (dict(arch=dict(depths=[1, 1, 1], widths=[8, 8, 8, 8])), r"'depths'"),
+    (dict(out_indices=(5, )), r'out_indices \(5,\) out of range.*0\.\.4'),
+    (dict(out_indices=(-1, )), r'out_indices \(-1,\)'),
+    (dict(frozen_stages=5), 'frozen_stages=5 out of range'),
+    (dict(block='Sandglass'), "Unknown block 'Sandglass'"),
+])
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FalconNet(**kwargs)
+
+
+def test_frozen_stages_and_norm_eval():
+    model = FalconNet(arch='tiny', frozen_stages=2, norm_eval=True)
+    model.train()
+    frozen = [model.stem, model.stages[0], model.stages[1]]
+    for module in frozen:
+        assert all(not p.requires_grad for p in module.parameters())
+    assert all(p.requires_grad for p in model.stages[2].parameters())
+    assert all(not m.training for m in model.modules()
+               if isinstance(m, _BatchNorm))
+    model = FalconNet(arch='tiny', frozen_stages=0).train()
+    assert not model.stem.training
+    assert model.stages[0].training
+
+
+def test_mmseg_style_pretrained_becomes_init_cfg():
+    model = FalconNet(arch='tiny', pretrained='ckpt.pth')
+    assert model.init_cfg == dict(type='Pretrained', checkpoint='ckpt.pth')

@@ -1,0 +1,33 @@
+"""Write a fused (re-parameterized) checkpoint of any mmfalcon model.
+
+Usage: python tools/reparameterize.py CONFIG CHECKPOINT OUT
+"""
+import argparse
+import os.path as osp
+
+from mmfalcon.engine import (init_model, is_fused_checkpoint,
+                             save_fused_checkpoint)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('checkpoint', help='training checkpoint')
+    parser.add_argument('out', help='path of the fused checkpoint')
+    args = parser.parse_args()
+    if not osp.isfile(args.checkpoint):
+        raise SystemExit(f'checkpoint {args.checkpoint}: no such file')
+    if is_fused_checkpoint(args.checkpoint):
+        raise SystemExit(f'{args.checkpoint} is already a fused checkpoint.')
+    model = init_model(args.config, args.checkpoint, fuse=True)
+    save_fused_checkpoint(
+        model, args.out,
+        meta=dict(config=osp.abspath(args.config),
+                  source_checkpoint=osp.abspath(args.checkpoint),
+                  dataset_meta=getattr(model, 'dataset_meta', None) or {}))
+    print(f'Saved the fused checkpoint to {args.out}.\nTest it with:\n'
+          f'  python tools/test.py {args.config} {args.out}')
+
+
+if __name__ == '__main__':
+    main()
