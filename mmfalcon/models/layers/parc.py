@@ -5,6 +5,7 @@ Every layer with a BN in front of a linear op is a
 :class:`Reparameterizable`, so :func:`mmfalcon.switch_to_deploy` folds the
 whole stage into convolutions with biases and cached bias maps.
 """
+import contextlib
 import math
 from typing import Optional, Tuple
 
@@ -24,10 +25,22 @@ if 'Hardsigmoid' not in MODELS.module_dict:
 _DIMS = {'H': 2, 'W': 3}
 
 
-def _is_tracing() -> bool:
+def _is_compiling() -> bool:
+    """True under torch.compile / torch.export (fake tensors)."""
     is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)
-    return (torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or is_exporting())
+    return torch.compiler.is_compiling() or is_exporting()
+
+
+@contextlib.contextmanager
+def _tracer_paused():
+    """Let ``torch.jit.trace`` (legacy ONNX export) see a cache entry built
+    here as a constant, not as ops on the parameters."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
 
 
 def resize_meta(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
@@ -122,14 +135,14 @@ class ParCFused(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         length = x.shape[self.dim]
-        # Training stays differentiable; tracers / exporters must see the
-        # ops on the parameters, not fill the cache with their proxies.
-        if self.training or _is_tracing():
+        # Training stays differentiable; compilers / torch.export must see
+        # the ops on the parameters, not fill the cache with fake tensors.
+        if self.training or _is_compiling():
             kernel, bias = self.instance(length)
         else:
             entry = self._cache.get(length)
             if entry is None:
-                with torch.no_grad():
+                with torch.no_grad(), _tracer_paused():
                     entry = self._cache[length] = self.instance(length)
             kernel, bias = entry
         out = circular_conv(x, kernel, self.dim)
