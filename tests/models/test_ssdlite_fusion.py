@@ -17,6 +17,8 @@ def build_detector(config):
 @pytest.mark.parametrize('config,size,dtype', [
     ('ssdlite_falcon_coco.py', (160, 224), torch.float64),
     ('demo/ssdlite_falcon_shapes.py', (333, 517), torch.float32),
+    ('ssdlite_parcnet_coco.py', (320, 320), torch.float32),
+    ('ssdlite_parcnet_coco.py', (333, 517), torch.float32),
 ])
 def test_ssdlite_fused_equals_unfused(config, size, dtype, randomize_bn):
     # The paper-size net in float64: untrained, 18 blocks deep and with

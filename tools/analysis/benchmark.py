@@ -2,7 +2,7 @@
 
 All models of one input size are timed in the same process, interleaved,
 so the ratios are meaningful on a shared, noisy machine; absolute times are
-not. Usage: python tools/analysis/benchmark.py [--runs 50] [--markdown]
+not. Usage: python tools/analysis/benchmark.py [--runs 30] [--markdown]
 """
 import argparse
 import copy
@@ -12,56 +12,84 @@ import torch
 import mmfalcon
 from mmfalcon.analysis import (BenchmarkRow, count_flops, count_params,
                                format_table, measure_latency)
-from mmfalcon.models import FalconNet
+from mmfalcon.models import FalconNet, ParCNet
 
 
-def falconnet_models():
-    unfused = FalconNet(arch='base', out_indices=(2, 3)).eval()
-    fused = mmfalcon.switch_to_deploy(copy.deepcopy(unfused))
-    fused_conv = copy.deepcopy(fused)
-    for module in fused_conv.modules():
-        if hasattr(module, 'impl'):
-            module.impl = 'conv'
-    return {
-        'FalconNet unfused': unfused,
-        'FalconNet fused': fused,
-        'FalconNet fused (SF-Conv as grouped conv + shuffle)': fused_conv,
-    }
+def fused(model, sfconv_impl=None):
+    model = mmfalcon.switch_to_deploy(copy.deepcopy(model)).eval()
+    if sfconv_impl is not None:
+        for module in model.modules():
+            if hasattr(module, 'impl'):
+                module.impl = sfconv_impl
+    return model
 
 
-def mobilenetv2():
-    from mmdet.models.backbones import MobileNetV2
-    return MobileNetV2(out_indices=(4, 7)).eval()
+def mobilevit_s():
+    """MobileViT-S from mmpretrain, or the reason it is unavailable."""
+    try:
+        from mmpretrain.models.backbones import MobileViT
+    except Exception as exc:  # noqa: BLE001 - any import failure
+        return None, f'unavailable: mmpretrain import failed ({exc!r:.60})'
+    return MobileViT(arch='small', out_indices=(3, 4)).eval(), ''
+
+
+def models_at(size):
+    """(name, model, note, [(ratio column, reference name)]) for a size."""
+    parc = ParCNet(arch='s', out_indices=(4, 5)).eval()
+    vit, vit_note = mobilevit_s()
+    vs_vit = [('x MobileViT-S', 'MobileViT-S (4, 5)')] if vit else []
+    entries = [
+        ('ParC-Net-S unfused', parc, '', vs_vit),
+        ('ParC-Net-S fused', fused(parc), '',
+         [('x unfused', 'ParC-Net-S unfused')] + vs_vit),
+        ('MobileViT-S (4, 5)', vit, vit_note, []),
+    ]
+    if size == 320:
+        from mmdet.models.backbones import MobileNetV2
+        falcon = FalconNet(arch='base', out_indices=(2, 3)).eval()
+        vs_mnv2 = ('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')
+        entries = [
+            ('FalconNet unfused', falcon, '', [vs_mnv2]),
+            ('FalconNet fused', fused(falcon, 'matmul'), 'SF-Conv as matmul',
+             [('x unfused', 'FalconNet unfused'), vs_mnv2]),
+            ('FalconNet fused (conv)', fused(falcon, 'conv'),
+             'SF-Conv as grouped conv + shuffle',
+             [('x unfused', 'FalconNet unfused'), vs_mnv2]),
+            ('mmdet MobileNetV2 (4, 7)',
+             MobileNetV2(out_indices=(4, 7)).eval(), '', []),
+        ] + entries
+    return entries
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--size', type=int, default=320)
-    parser.add_argument('--runs', type=int, default=50)
-    parser.add_argument('--warmup', type=int, default=10)
+    parser.add_argument('--sizes', type=int, nargs='+', default=[320, 512])
+    parser.add_argument('--runs', type=int, default=30)
+    parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--markdown', action='store_true')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    shape = (1, 3, args.size, args.size)
-    models = falconnet_models()
-    models['mmdet MobileNetV2 (4, 7)'] = mobilenetv2()
-    latency = measure_latency(models, shape, args.warmup, args.runs)
-    rows = {
-        name: BenchmarkRow(name, count_params(model),
-                           count_flops(model, shape), latency[name])
-        for name, model in models.items()
-    }
-    base = latency['FalconNet unfused']
-    mnv2 = latency['mmdet MobileNetV2 (4, 7)']
-    for name, row in rows.items():
-        row.ratios['x FalconNet unfused'] = row.latency_ms / base
-        row.ratios['x MobileNetV2'] = row.latency_ms / mnv2
-    print(f'Input {shape}, batch 1, {torch.get_num_threads()} threads, '
-          f'median of {args.runs} interleaved runs after {args.warmup} '
-          'warm-up runs.')
-    print(format_table(list(rows.values()), markdown=args.markdown))
+    for size in args.sizes:
+        shape = (1, 3, size, size)
+        entries = models_at(size)
+        available = {name: m for name, m, _, _ in entries if m is not None}
+        latency = measure_latency(available, shape, args.warmup, args.runs)
+        rows = []
+        for name, model, note, ratios in entries:
+            row = BenchmarkRow(name, note=note)
+            if model is not None:
+                row.params = count_params(model)
+                row.flops = count_flops(model, shape)
+                row.latency_ms = latency[name]
+                for column, ref in ratios:
+                    row.ratios[column] = latency[name] / latency[ref]
+            rows.append(row)
+        print(f'\nInput {shape}, batch 1, {torch.get_num_threads()} '
+              f'threads, median of {args.runs} interleaved runs after '
+              f'{args.warmup} warm-up runs:')
+        print(format_table(rows, markdown=args.markdown))
 
 
 if __name__ == '__main__':

@@ -149,7 +149,8 @@ class ParCNet(BaseModule):
         for i, (out_channels, width, ffn_channels, num_blocks,
                 kernel_size) in enumerate(parc_layers):
             # out_stride 16: the last layer keeps its resolution and widens
-            # its receptive field with a dilated depthwise conv instead.
+            # its receptive field with a dilated depthwise conv instead (the
+            # official code only drops the stride; mmseg users expect both).
             keep = out_stride == 16 and i == len(parc_layers) - 1
             layer = nn.Sequential(
                 InvertedResidual(

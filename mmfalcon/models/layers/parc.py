@@ -215,12 +215,6 @@ class ParC(Reparameterizable):
         self.norm = build_norm_layer(norm_cfg, channels)[1] \
             if norm_cfg is not None else None
 
-    def switch_to_deploy(self) -> None:
-        super().switch_to_deploy()
-        # The new child starts in training mode; it must follow its parent
-        # or an eval-mode model would never use the kernel cache.
-        self.fused.train(self.training)
-
     def _make_fused(self) -> nn.Module:
         return ParCFused(self.channels, self.kernel_size, self.direction,
                          with_scale=self.with_norm,

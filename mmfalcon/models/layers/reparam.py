@@ -78,6 +78,7 @@ class Reparameterizable(nn.Module):
         ref = next(self.parameters())
         fused = self._make_fused().to(device=ref.device, dtype=ref.dtype)
         fused.load_state_dict(self._fused_state())
+        fused.train(self.training)  # a new module starts in training mode
         for name in self._branch_names:
             if hasattr(self, name):
                 delattr(self, name)
