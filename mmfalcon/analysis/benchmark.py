@@ -51,7 +51,18 @@ def measure_latency(models: Dict[str, nn.Module], shape: Sequence[int],
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def format_table(rows: List[BenchmarkRow], markdown: bool = False) -> str:
+def format_table(rows: List[BenchmarkRow], markdown: bool = False,
+                 drop_empty: bool = False) -> str:
+    """Rows as an aligned text table, or a Markdown one.
+
+    Args:
+        rows (list[BenchmarkRow]): The rows; ratio columns are the union of
+            their ``ratios`` keys, sorted.
+        markdown (bool): Markdown instead of aligned text. Defaults to
+            False.
+        drop_empty (bool): Leave out the latency / note columns when no
+            row has a value there. Defaults to False.
+    """
     ratio_names = sorted({k for r in rows for k in r.ratios})
     header = ['model', 'params (M)', 'FLOPs (G)', 'median ms'] + ratio_names
     header.append('note')
@@ -65,6 +76,12 @@ def format_table(rows: List[BenchmarkRow], markdown: bool = False) -> str:
             r.name, fmt(r.params, 1e6), fmt(r.flops, 1e9),
             fmt(r.latency_ms, digits=2)
         ] + [fmt(r.ratios.get(k), digits=2) for k in ratio_names] + [r.note])
+    if drop_empty:
+        keep = [i for i, name in enumerate(header)
+                if name not in ('median ms', 'note') or any(
+                    line[i] not in ('-', '') for line in lines)]
+        header = [header[i] for i in keep]
+        lines = [[line[i] for i in keep] for line in lines]
     if markdown:
         out = ['| ' + ' | '.join(header) + ' |',
                '|' + '---|' * len(header)]

@@ -95,6 +95,12 @@ def _splits(num_train, num_val):
     return (('train', num_train), ('val', num_val))
 
 
+def shapes_palette():
+    """Palette of the segmentation set: background black, then one colour
+    per class (as VOC's palette PNGs store it)."""
+    return [(0, 0, 0), (220, 20, 60), (0, 128, 255), (0, 200, 0)]
+
+
 def make_coco_shapes(root: str, num_train: int = 240, num_val: int = 60,
                      size: Sequence[int] = (320, 320), seed: int = 0) -> str:
     """Write a COCO-format detection set under ``root`` (idempotent).
@@ -130,4 +136,39 @@ def make_coco_shapes(root: str, num_train: int = 240, num_val: int = 60,
             json.dump(dict(images=images, annotations=annotations,
                            categories=categories), f)
         os.replace(ann_file + '.tmp', ann_file)  # complete or absent
+    return root
+
+
+def make_voc_shapes(root: str, num_train: int = 240, num_val: int = 60,
+                    size: Sequence[int] = (256, 256), seed: int = 0) -> str:
+    """Write a VOC-layout segmentation set under ``root`` (idempotent).
+
+    Layout: ``JPEGImages/*.jpg``, ``SegmentationClass/*.png`` (palette PNGs,
+    value = class index, 0 = background) and
+    ``ImageSets/Segmentation/{train,val}.txt``. Returns ``root``.
+    """
+    from PIL import Image
+
+    split_dir = osp.join(root, 'ImageSets', 'Segmentation')
+    if osp.isfile(osp.join(split_dir, 'val.txt')):
+        return root
+    rng = np.random.default_rng(seed)
+    for sub in ('JPEGImages', 'SegmentationClass', split_dir):
+        os.makedirs(osp.join(root, sub), exist_ok=True)
+    palette = [c for colour in shapes_palette() for c in colour]
+    for split, count in _splits(num_train, num_val):
+        names = []
+        for idx in range(count):
+            img, mask, _, _ = render_scene(rng, *size)
+            name = f'{split}_{idx:05d}'
+            cv2.imwrite(osp.join(root, 'JPEGImages', name + '.jpg'), img,
+                        [cv2.IMWRITE_JPEG_QUALITY, 92])
+            png = Image.fromarray(mask, mode='P')
+            png.putpalette(palette)
+            png.save(osp.join(root, 'SegmentationClass', name + '.png'))
+            names.append(name)
+        list_file = osp.join(split_dir, f'{split}.txt')
+        with open(list_file + '.tmp', 'w') as f:
+            f.write('\n'.join(names) + '\n')
+        os.replace(list_file + '.tmp', list_file)  # complete or absent
     return root

@@ -130,3 +130,30 @@ def test_frozen_stages_and_norm_eval():
 def test_mmseg_style_pretrained_becomes_init_cfg():
     model = FalconNet(arch='tiny', pretrained='ckpt.pth')
     assert model.init_cfg == dict(type='Pretrained', checkpoint='ckpt.pth')
+
+
+@pytest.mark.parametrize('out_stride,strides', [(16, (4, 8, 16, 16)),
+                                                (8, (4, 8, 8, 8))])
+def test_out_stride_dilates_instead_of_downsampling(out_stride, strides,
+                                                    randomize_bn):
+    model = FalconNet(arch='tiny', out_indices=(0, 1, 2, 3),
+                      out_stride=out_stride)
+    randomize_bn(model).eval()
+    x = torch.randn(1, 3, 96, 131)
+    with torch.no_grad():
+        before = model(x)
+        model.switch_to_deploy()
+        after = model(x)
+    for out, s in zip(before, strides):
+        assert out.shape[2] == -(-96 // s)  # ceil: the stem rounds up
+    for b, a in zip(before, after):
+        assert (b - a).abs().max().item() < 1e-4
+    last_repso = model.stages[3][-1].spatial_op.fused
+    assert last_repso.dilation == (32 // out_stride, ) * 2
+    # weights are interchangeable with the stride-32 model
+    FalconNet(arch='tiny', deploy=True).load_state_dict(model.state_dict())
+
+
+def test_bad_out_stride_is_named():
+    with pytest.raises(ValueError, match='out_stride=4'):
+        FalconNet(out_stride=4)

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import mmdet
 import pytest
 import torch
 from conftest import ROOT, config_path
@@ -21,9 +22,12 @@ SMALL = ['train_dataloader.batch_size=4', 'default_hooks.logger.interval=1',
              for key in ('num_workers=0', 'persistent_workers=False')]
 
 
-def run_tool(cwd, tool, *args):
-    out = subprocess.run([sys.executable, osp.join(ROOT, 'tools', tool),
-                          *args], cwd=cwd, capture_output=True, text=True)
+MMDET_TOOLS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools')
+
+
+def run_tool(cwd, tool, *args, tools_dir=osp.join(ROOT, 'tools')):
+    out = subprocess.run([sys.executable, osp.join(tools_dir, tool), *args],
+                         cwd=cwd, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout + out.stderr
 
@@ -71,6 +75,25 @@ def test_train_resume_fuse_test(workspace):
                        '--work-dir', osp.join(work, 'test'))
         assert 'Re-parameterized the model' in log
         assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log), log[-2000:]
+
+
+def test_parcnet_through_mmdet_tools_and_ours(workspace):
+    """mmdet's own train.py / test.py run our config unchanged; our tools
+    fuse ParC-Net and test it."""
+    config = config_path('demo/ssdlite_parcnet_shapes.py')
+    work = osp.join(workspace, 'work_parc')
+    run_tool(workspace, 'train.py', config, '--work-dir', work,
+             '--cfg-options', 'train_cfg.max_epochs=1', *SMALL,
+             tools_dir=MMDET_TOOLS)
+    ckpt = osp.join(work, 'epoch_1.pth')
+    log = run_tool(workspace, 'test.py', config, ckpt, '--work-dir', work,
+                   tools_dir=MMDET_TOOLS)
+    assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log), log[-2000:]
+    fused = osp.join(work, 'fused.pth')
+    run_tool(workspace, 'reparameterize.py', config, ckpt, fused)
+    log = run_tool(workspace, 'test.py', config, fused, '--work-dir', work)
+    assert 'Re-parameterized the model' in log
+    assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log), log[-2000:]
 
 
 def test_test_tool_reports_missing_checkpoint(workspace):

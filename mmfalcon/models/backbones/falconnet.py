@@ -141,6 +141,11 @@ class FalconNet(BaseModule):
             when index 4 is in ``out_indices``. Defaults to 1024.
         out_indices (Sequence[int]): Outputs to return: 0-3 the stages
             (strides 4, 8, 16, 32), 4 the head conv. Defaults to (3, ).
+        out_stride (int): 32, 16 or 8. Below 32 the subsampling before the
+            last (16) or last two (8) stages keeps the resolution (stride
+            1, same weights) and those stages' spatial convs are dilated
+            by 2 and 4 instead, as in mmseg's dilated MobileNetV2.
+            Defaults to 32.
         frozen_stages (int): -1 freezes nothing, 0 the stem, k the stem and
             stages 1..k. Defaults to -1.
         norm_eval (bool): Keep BN layers in eval mode while training.
@@ -171,6 +176,7 @@ class FalconNet(BaseModule):
                  stem_ratio: float = 0.5,
                  head_channels: int = 1024,
                  out_indices: Sequence[int] = (3, ),
+                 out_stride: int = 32,
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  norm_cfg: dict = dict(type='BN'),
@@ -200,7 +206,11 @@ class FalconNet(BaseModule):
         if not -1 <= frozen_stages <= self.num_stages:
             raise ValueError(f'frozen_stages={frozen_stages} out of range: '
                              f'expected -1..{self.num_stages}.')
+        if out_stride not in (32, 16, 8):
+            raise ValueError(f'out_stride={out_stride!r}: expected 32, 16 '
+                             'or 8.')
         self.out_indices = tuple(out_indices)
+        self.out_stride = out_stride
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.deploy = deploy
@@ -211,18 +221,28 @@ class FalconNet(BaseModule):
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         self.stages = nn.ModuleList()
-        in_channels = widths[0]
+        in_channels, stride, dilation = widths[0], 4, 1
         for i, (depth, width) in enumerate(zip(depths, widths)):
             layers = []
             if i > 0:  # subsampling: grouped 2x2 stride-2 conv + BN
+                down = stride < out_stride
+                # Past out_stride: stride 1, 'same' padding, dilated like
+                # the stage before it, so the weights stay interchangeable.
                 layers.append(
-                    ConvNorm(in_channels, width, 2, stride=2, padding=0,
+                    ConvNorm(in_channels, width, 2, stride=2 if down else 1,
+                             padding=0 if down else 'same',
+                             dilation=dilation,
                              groups=math.gcd(in_channels, width),
                              norm_cfg=norm_cfg, deploy=deploy))
+                if down:
+                    stride *= 2
+                else:
+                    dilation *= 2
             for _ in range(depth):
                 layers.append(LIGHTNET_BLOCKS[block_type](
-                    width, drop_path=rates.pop(0), norm_cfg=norm_cfg,
-                    act_cfg=act_cfg, deploy=deploy, **block_kwargs))
+                    width, dilation=dilation, drop_path=rates.pop(0),
+                    norm_cfg=norm_cfg, act_cfg=act_cfg, deploy=deploy,
+                    **block_kwargs))
             self.stages.append(nn.Sequential(*layers))
             in_channels = width
         self.head_conv = ConvNorm(

@@ -1,0 +1,106 @@
+"""ONNX export of a fused detector / segmentor and its check in onnxruntime.
+
+``onnx`` and ``onnxruntime`` are optional dependencies, imported only
+here, when used. The export uses PyTorch's TorchScript-based exporter
+(``dynamo=False``): the fused ParC layers cache their kernels per input
+size, which that tracer records as constants of the fixed export size.
+"""
+from typing import Dict, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .wrapper import TensorForward
+
+DEFAULT_OPSET = 17
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise ImportError(
+            f'ONNX export needs the optional package {module!r}, which is '
+            f'not installed ({exc}); install it with: pip install onnx '
+            f'onnxruntime') from exc
+
+
+def _check_shape(shape: Sequence[int]):
+    if len(shape) != 4 or any(int(s) <= 0 for s in shape):
+        raise ValueError(f'shape must be (N, C, H, W) with positive sizes, '
+                         f'got {tuple(shape)}')
+
+
+def _example(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen)
+
+
+def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
+                opset: int = DEFAULT_OPSET) -> Dict[str, list]:
+    """Export the tensor forward of ``model`` for a fixed input shape.
+
+    Args:
+        model (nn.Module): A detector or segmentor (fused for deployment,
+            see :func:`mmfalcon.engine.init_model`); set to eval mode.
+        shape (Sequence[int]): Input shape ``(N, C, H, W)``, preprocessed
+            (normalized) images.
+        path (str): The ``.onnx`` file to write.
+        opset (int): ONNX opset version. Defaults to 17.
+
+    Returns:
+        dict: ``input_names`` and ``output_names`` of the exported graph
+        (see :class:`~mmfalcon.deployment.TensorForward` for the names).
+    """
+    _require('onnx')
+    _check_shape(shape)
+    model.eval()
+    wrapper = TensorForward(model).eval()
+    x = _example(shape)
+    input_names = ['input']
+    output_names = wrapper.output_names(x)
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper, (x, ), path, dynamo=False, opset_version=opset,
+            input_names=input_names, output_names=output_names,
+            do_constant_folding=True)
+    import onnx
+    onnx.checker.check_model(onnx.load(path))
+    return dict(input_names=input_names, output_names=output_names)
+
+
+@torch.no_grad()
+def check_onnx(model: nn.Module, path: str, shape: Sequence[int],
+               seed: int = 1) -> float:
+    """Run ``path`` in onnxruntime and compare with PyTorch.
+
+    Args:
+        model (nn.Module): The model that was exported.
+        path (str): The exported ``.onnx`` file.
+        shape (Sequence[int]): Its input shape ``(N, C, H, W)``.
+        seed (int): Seed of the random input (not the export's example
+            input, so a value baked into the graph would show). Defaults
+            to 1.
+
+    Returns:
+        float: The largest absolute difference over all outputs.
+    """
+    ort = _require('onnxruntime')
+    _check_shape(shape)
+    model.eval()
+    x = _example(shape, seed)
+    expected = TensorForward(model)(x)
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    (input_meta, ) = session.get_inputs()
+    actual = session.run(None, {input_meta.name: x.numpy()})
+    if len(actual) != len(expected):
+        raise RuntimeError(f'{path} has {len(actual)} outputs, PyTorch '
+                           f'{len(expected)}')
+    err = 0.0
+    for ours, theirs in zip(expected, actual):
+        if tuple(ours.shape) != tuple(theirs.shape):
+            raise RuntimeError(f'output shape {tuple(theirs.shape)} in '
+                               f'{path}, {tuple(ours.shape)} in PyTorch')
+        err = max(err, float(np.abs(ours.numpy() - theirs).max()))
+    return err

@@ -1,0 +1,63 @@
+"""Export a fused detector / segmentor to ONNX and check it in onnxruntime.
+
+The graph is the tensor forward (no preprocessing, no post-processing) for
+one fixed input shape: a detector's class scores and box deltas per level,
+a segmentor's logits. Exits non-zero when onnxruntime and PyTorch differ
+by more than the tolerance.
+
+Usage: python tools/deployment/export_onnx.py CONFIG CHECKPOINT OUT.onnx
+           [--shape H W] [--opset N]
+"""
+import argparse
+import os.path as osp
+
+from mmfalcon.deployment import (DEFAULT_OPSET, check_onnx, export_onnx,
+                                 input_size_from_config)
+from mmfalcon.engine import init_model
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('checkpoint', help='training or fused checkpoint')
+    parser.add_argument('out', help='the .onnx file to write')
+    parser.add_argument(
+        '--shape', type=int, nargs='+', metavar='SIZE',
+        help='input H W (or one size for a square); default: the test '
+        "pipeline's fixed resize, else 320 320")
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
+                        help=f'ONNX opset version (default {DEFAULT_OPSET})')
+    parser.add_argument(
+        '--tolerance', type=float, default=1e-4,
+        help='largest accepted absolute difference between onnxruntime and '
+        'PyTorch (default 1e-4)')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if not osp.isfile(args.checkpoint):
+        raise SystemExit(f'checkpoint {args.checkpoint}: no such file')
+    if args.shape is not None and len(args.shape) not in (1, 2):
+        raise SystemExit(f'--shape takes H W or one size, got {args.shape}')
+    model = init_model(args.config, args.checkpoint, fuse=True)
+    if args.shape is None:
+        height, width = input_size_from_config(model.cfg)
+    else:
+        height, width = args.shape * (3 - len(args.shape))
+    shape = (1, 3, height, width)
+    try:
+        names = export_onnx(model, shape, args.out, args.opset)
+        err = check_onnx(model, args.out, shape)
+    except ImportError as exc:
+        raise SystemExit(str(exc))
+    print(f'Exported {args.out}: input {names["input_names"][0]} '
+          f'{list(shape)}, outputs {", ".join(names["output_names"])}')
+    print(f'max abs error onnxruntime vs PyTorch: {err:.3g}')
+    if not err <= args.tolerance:  # also catches NaN
+        raise SystemExit(f'ONNX check failed: max abs error {err:.3g} > '
+                         f'tolerance {args.tolerance:g}')
+
+
+if __name__ == '__main__':
+    main()
