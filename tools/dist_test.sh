@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Usage: tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [test.py args...]
+# PYTHON picks the interpreter (default: python on PATH).
 set -euo pipefail
 CONFIG=$1
 CHECKPOINT=$2
@@ -8,10 +9,11 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-cd "$(dirname "$0")/.."
-PYTHONPATH="$PWD:${PYTHONPATH:-}" \
-python -m torch.distributed.run \
+# Paths (config, data_root, work dir) stay relative to the caller's cwd.
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PYTHONPATH="$ROOT:${PYTHONPATH:-}" \
+"${PYTHON:-python}" -m torch.distributed.run \
     --nnodes="$NNODES" --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" --master_port="$PORT" \
     --nproc_per_node="$GPUS" \
-    tools/test.py "$CONFIG" "$CHECKPOINT" --launcher pytorch "${@:4}"
+    "$ROOT/tools/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "${@:4}"

@@ -1,8 +1,9 @@
 """Parameters and FLOPs of a detector / segmentor, unfused and fused."""
 import copy
 from collections import OrderedDict
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence, Tuple
 
+import torch
 import torch.nn as nn
 
 from mmfalcon.deployment.wrapper import TensorForward
@@ -12,6 +13,40 @@ from .benchmark import BenchmarkRow, count_flops, count_params
 RATIO_COLUMNS = ('params x unfused', 'FLOPs x unfused')
 
 
+@torch.no_grad()
+def uncalled_submodules(module: nn.Module,
+                        shape: Sequence[int]) -> List[Tuple[str, int]]:
+    """Submodules with parameters that a forward pass never calls.
+
+    E.g. a segmentor's ``auxiliary_head``, which trains but does not run
+    at inference. Only the outermost uncalled module of a subtree is
+    listed.
+
+    Args:
+        module (nn.Module): The module, run once on a random input.
+        shape (Sequence[int]): Input shape ``(N, C, H, W)``.
+
+    Returns:
+        list[tuple[str, int]]: ``(name, parameter count)`` of each.
+    """
+    called = set()
+    handle = nn.modules.module.register_module_forward_pre_hook(
+        lambda m, _: called.add(id(m)))
+    try:
+        module(torch.randn(*shape))
+    finally:
+        handle.remove()
+    found: List[Tuple[str, int]] = []
+    for name, sub in module.named_modules():
+        if id(sub) in called or any(name.startswith(f'{n}.')
+                                    for n, _ in found):
+            continue
+        params = count_params(sub)
+        if params:
+            found.append((name, params))
+    return found
+
+
 def measure_complexity(model: nn.Module,
                        shape: Sequence[int]) -> Dict[str, BenchmarkRow]:
     """Params and FLOPs of the backbone and of the whole model.
@@ -19,8 +54,10 @@ def measure_complexity(model: nn.Module,
     The whole model is its tensor forward (backbone, neck, head; no
     preprocessing or post-processing, see
     :class:`~mmfalcon.deployment.TensorForward`). FLOPs follow mmengine's
-    ``FlopAnalyzer`` (one multiply-add counts as one FLOP). The fused rows
-    measure a fused copy; ``model`` itself is left as it is.
+    ``FlopAnalyzer`` (one multiply-add counts as one FLOP). Params count
+    what the tensor forward uses; parameters of submodules it never calls
+    (a segmentor's auxiliary head) are left out and named in ``note``.
+    The fused rows measure a fused copy; ``model`` itself is left as it is.
 
     Args:
         model (nn.Module): An mmdet detector or mmseg segmentor with a
@@ -43,8 +80,13 @@ def measure_complexity(model: nn.Module,
         for form, net in forms.items():
             module = net.backbone if part == 'backbone' else TensorForward(
                 net)
-            row = BenchmarkRow(f'{part} {form}', params=count_params(module),
-                               flops=count_flops(module, shape))
+            unused = uncalled_submodules(module, shape)
+            row = BenchmarkRow(
+                f'{part} {form}',
+                params=count_params(module) - sum(n for _, n in unused),
+                flops=count_flops(module, shape),
+                note=', '.join(f'{name} ({n / 1e6:.3f}M params) unused'
+                               for name, n in unused))
             if form == 'fused':
                 ref = rows[f'{part} unfused']
                 row.ratios = {

@@ -5,11 +5,15 @@ here, when used. The export uses PyTorch's TorchScript-based exporter
 (``dynamo=False``): the fused ParC layers cache their kernels per input
 size, which that tracer records as constants of the fixed export size.
 """
+import copy
+import warnings
+from importlib import import_module
 from typing import Dict, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .wrapper import TensorForward
 
@@ -18,7 +22,7 @@ DEFAULT_OPSET = 17
 
 def _require(module: str):
     try:
-        return __import__(module)
+        return import_module(module)
     except ImportError as exc:
         raise ImportError(
             f'ONNX export needs the optional package {module!r}, which is '
@@ -37,6 +41,48 @@ def _example(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=gen)
 
 
+class _ExplicitPadConv2d(nn.Module):
+    """A ``padding='same'`` conv as explicit zero padding + unpadded conv.
+
+    PyTorch exports ``'same'`` as ``auto_pad=SAME_UPPER``, which ONNX
+    Runtime rejects for dilated convs; explicit padding (the extra pixel of
+    an odd total at the end, as PyTorch pads) runs everywhere.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+        self.pads = []  # F.pad order: last dim first
+        for k, d in zip(reversed(conv.kernel_size), reversed(conv.dilation)):
+            total = d * (k - 1)
+            self.pads += [total // 2, total - total // 2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        return F.conv2d(F.pad(x, self.pads), conv.weight, conv.bias,
+                        conv.stride, 0, conv.dilation, conv.groups)
+
+
+def _for_export(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every zero-padded ``padding='same'`` conv
+    made explicit (:class:`_ExplicitPadConv2d`); ``model`` itself when it
+    has none."""
+    if not any(_same_padded(m) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if _same_padded(module):
+            parent, _, attr = name.rpartition('.')
+            setattr(model.get_submodule(parent), attr,
+                    _ExplicitPadConv2d(module))
+    return model
+
+
+def _same_padded(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.padding == 'same' and (
+        module.padding_mode == 'zeros')
+
+
 def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
                 opset: int = DEFAULT_OPSET) -> Dict[str, list]:
     """Export the tensor forward of ``model`` for a fixed input shape.
@@ -53,19 +99,22 @@ def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
         dict: ``input_names`` and ``output_names`` of the exported graph
         (see :class:`~mmfalcon.deployment.TensorForward` for the names).
     """
-    _require('onnx')
+    onnx = _require('onnx')
     _check_shape(shape)
     model.eval()
-    wrapper = TensorForward(model).eval()
+    wrapper = TensorForward(_for_export(model)).eval()
     x = _example(shape)
     input_names = ['input']
     output_names = wrapper.output_names(x)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript-based exporter is chosen on purpose (module doc)
+        warnings.filterwarnings(
+            'ignore', message='You are using the legacy TorchScript',
+            category=DeprecationWarning)
         torch.onnx.export(
             wrapper, (x, ), path, dynamo=False, opset_version=opset,
             input_names=input_names, output_names=output_names,
             do_constant_folding=True)
-    import onnx
     onnx.checker.check_model(onnx.load(path))
     return dict(input_names=input_names, output_names=output_names)
 

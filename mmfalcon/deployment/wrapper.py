@@ -32,13 +32,12 @@ def _names(model: nn.Module, outputs: Any) -> List[str]:
         return ['seg_logits' if hasattr(model, 'decode_head') else 'output']
     names = []
     for g, group in enumerate(outputs):
-        prefix = _DET_GROUPS[g] if hasattr(model, 'bbox_head') and g < len(
-            _DET_GROUPS) else f'output{g}'
-        count = len(_flatten(group))
+        known = hasattr(model, 'bbox_head') and g < len(_DET_GROUPS)
+        prefix = _DET_GROUPS[g] if known else f'output{g}'
         if isinstance(group, torch.Tensor):
             names.append(prefix)
         else:
-            names += [f'{prefix}_{level}' for level in range(count)]
+            names += [f'{prefix}_{i}' for i in range(len(_flatten(group)))]
     return names
 
 
@@ -90,8 +89,8 @@ def input_size_from_config(cfg: Config,
     """The fixed ``(H, W)`` the test pipeline resizes images to.
 
     Read from a ``Resize`` with ``keep_ratio=False`` in the test dataset's
-    pipeline (or ``cfg.test_pipeline``); ``default`` when the test size is
-    not fixed (e.g. mmseg's keep-ratio resize).
+    pipeline (or ``cfg.test_pipeline``); else the data preprocessor's
+    ``size`` (mmseg's training crop size); else ``default``.
 
     Args:
         cfg (Config): A model config.
@@ -109,4 +108,8 @@ def input_size_from_config(cfg: Config,
                 return scale, scale
             if isinstance(scale, (list, tuple)) and len(scale) == 2:
                 return int(scale[1]), int(scale[0])  # mmcv scale is (w, h)
+    size = ((cfg.get('model') or {}).get('data_preprocessor') or {}).get(
+        'size')
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[0]), int(size[1])  # mmseg's size is (h, w)
     return tuple(default)

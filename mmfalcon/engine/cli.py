@@ -5,10 +5,18 @@ The tools mirror mmdet's / mmseg's CLI and are task-agnostic: the task
 """
 import os
 import os.path as osp
+from datetime import timedelta
 
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
+import torch
+import torch.distributed as torch_dist
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.logging import print_log
+from mmengine.registry import MODEL_WRAPPERS, RUNNERS
 from mmengine.runner import Runner
+from torch.nn.parallel import DistributedDataParallel
+
+# Norm layers that only work on CUDA when synchronised across processes.
+_CUDA_ONLY_NORMS = ('SyncBN', 'MMSyncBN')
 
 
 def add_common_args(parser):
@@ -25,7 +33,12 @@ def add_common_args(parser):
 
 
 def load_config(args) -> Config:
-    """Load ``args.config`` and apply the common flags."""
+    """Load ``args.config`` and apply the common flags.
+
+    A distributed launch (``args.launcher != 'none'``) on a machine
+    without CUDA is made to run on CPU processes (gloo, no SyncBN; see
+    :func:`_cpu_distributed`).
+    """
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     cfg = Config.fromfile(args.config)
@@ -37,7 +50,67 @@ def load_config(args) -> Config:
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
+    if args.launcher != 'none' and not torch.cuda.is_available():
+        _cpu_distributed(cfg)
     return cfg
+
+
+def _replace_sync_bn(node) -> int:
+    """Turn every SyncBN norm config under ``node`` into BN, in place;
+    returns how many."""
+    count = 0
+    if isinstance(node, dict):
+        kind = node.get('type')
+        if isinstance(kind, str) and kind.split('.')[-1] in _CUDA_ONLY_NORMS:
+            node['type'] = 'BN'
+            count += 1
+        for value in node.values():
+            count += _replace_sync_bn(value)
+    elif isinstance(node, (list, tuple)):
+        count += sum(_replace_sync_bn(value) for value in node)
+    return count
+
+
+def _cpu_distributed(cfg: Config) -> None:
+    """Make a distributed config run on CPU processes (no CUDA).
+
+    The NCCL backend becomes gloo, SyncBN layers become BN (torch's
+    SyncBatchNorm trains on GPUs only), DDP gets no ``device_ids``, and
+    the gloo process group is started here, because mmengine's launcher
+    calls ``torch.cuda.set_device``. Each change is logged.
+    """
+    if cfg.launcher != 'pytorch':
+        raise ValueError(
+            f'--launcher {cfg.launcher} needs CUDA, which is unavailable; '
+            f'without CUDA use --launcher pytorch (tools/dist_train.sh)')
+    env_cfg = cfg.setdefault('env_cfg', ConfigDict())
+    dist_cfg = env_cfg.setdefault('dist_cfg', ConfigDict())
+    if dist_cfg.get('backend', 'nccl') == 'nccl':
+        dist_cfg.backend = 'gloo'
+        print_log('CUDA is unavailable: distributed backend nccl -> gloo.',
+                  logger='current')
+    converted = _replace_sync_bn(cfg.model)
+    if cfg.get('sync_bn') is not None:
+        cfg.sync_bn = None
+        converted += 1
+    if converted:
+        print_log(f'CUDA is unavailable: {converted} SyncBN setting(s) of '
+                  f'the config -> BN (not synchronised across processes).',
+                  logger='current')
+    wrapper = cfg.get('model_wrapper_cfg') or ConfigDict(
+        type='MMDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper_cls = MODEL_WRAPPERS.get(
+        wrapper.get('type', 'MMDistributedDataParallel'))
+    if isinstance(wrapper_cls, type) and issubclass(wrapper_cls,
+                                                    DistributedDataParallel):
+        wrapper.setdefault('device_ids', None)  # a CPU module takes none
+    cfg.model_wrapper_cfg = wrapper
+    if not torch_dist.is_initialized():
+        timeout = dist_cfg.get('timeout')
+        kwargs = {} if timeout is None else dict(
+            timeout=timedelta(seconds=timeout))
+        torch_dist.init_process_group(backend=dist_cfg.backend, **kwargs)
 
 
 def build_runner(cfg: Config) -> Runner:

@@ -1,0 +1,42 @@
+"""Parameters and FLOPs, unfused and fused (tools/analysis/get_flops.py)."""
+import os.path as osp
+import subprocess
+import sys
+
+from conftest import ROOT, config_path
+
+from mmfalcon.analysis.complexity import RATIO_COLUMNS, measure_complexity
+from mmfalcon.engine import init_model, is_deployed
+
+CONFIG = config_path('demo/ssdlite_falcon_shapes.py')
+
+
+def test_fused_is_smaller_for_falconnet():
+    model = init_model(CONFIG, None, fuse=False)
+    rows = measure_complexity(model, (1, 3, 128, 160))
+    assert list(rows) == ['backbone unfused', 'backbone fused',
+                          'model unfused', 'model fused']
+    assert not is_deployed(model)  # measured on a fused copy
+    for part in ('backbone', 'model'):
+        unfused, fused = rows[f'{part} unfused'], rows[f'{part} fused']
+        assert 0 < fused.flops < unfused.flops, part
+        assert 0 < fused.params < unfused.params, part
+        assert fused.ratios[RATIO_COLUMNS[1]] == fused.flops / unfused.flops
+    # the whole model contains the backbone
+    assert rows['model fused'].flops > rows['backbone fused'].flops
+    assert rows['model unfused'].params > rows['backbone unfused'].params
+
+
+def test_get_flops_tool():
+    out = subprocess.run([
+        sys.executable, osp.join(ROOT, 'tools', 'analysis', 'get_flops.py'),
+        CONFIG, '--shape', '96', '128', '--markdown'
+    ], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert 'input [1, 3, 96, 128]' in lines[0]
+    assert lines[1].startswith('| model | params (M) | FLOPs (G) |')
+    assert 'median ms' not in lines[1]  # no latency measured, no column
+    assert [line.split('|')[1].strip() for line in lines[3:7]] == [
+        'backbone unfused', 'backbone fused', 'model unfused', 'model fused'
+    ]

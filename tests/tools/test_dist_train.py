@@ -1,0 +1,70 @@
+"""tools/dist_train.sh on CPU: two gloo processes (the config's nccl and
+SyncBN fall back, see mmfalcon.engine.cli), on a tiny generated dataset in
+a temporary directory."""
+import os
+import os.path as osp
+import re
+import socket
+import subprocess
+import sys
+
+import torch
+from conftest import ROOT, config_path
+from mmengine.config import Config
+
+from mmfalcon.datasets import make_coco_shapes
+from mmfalcon.engine import init_model
+from mmfalcon.engine.cli import _replace_sync_bn
+
+CONFIG = config_path('demo/ssdlite_falcon_shapes.py')
+SMALL = ['train_cfg.max_epochs=1', 'train_dataloader.batch_size=2',
+         'default_hooks.logger.interval=1'] + [
+             f'{loader}.{key}' for loader in
+             ('train_dataloader', 'val_dataloader', 'test_dataloader')
+             for key in ('num_workers=0', 'persistent_workers=False')]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def test_dist_train_two_cpu_processes(tmp_path):
+    make_coco_shapes(str(tmp_path / 'data' / 'shapes_coco'), num_train=8,
+                     num_val=2, seed=1)
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()),
+               OMP_NUM_THREADS='1')
+    out = subprocess.run([
+        'bash', osp.join(ROOT, 'tools', 'dist_train.sh'), CONFIG, '2',
+        '--work-dir', 'work', '--cfg-options', *SMALL,
+        'model.backbone.norm_cfg.type=SyncBN'
+    ], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    # both ranks applied the CPU fallback, then trained as one job
+    assert log.count('distributed backend nccl -> gloo') == 2, log[-4000:]
+    assert log.count('SyncBN setting(s) of the config -> BN') == 2
+    assert re.search(r'Distributed training: True', log)
+    # 8 images, 2 per process and step, 2 processes: 2 iterations
+    assert re.search(r'Epoch\(train\) \[1\]\[2/2\]', log), log[-4000:]
+
+    ckpt = str(tmp_path / 'work' / 'epoch_1.pth')
+    state = torch.load(ckpt, map_location='cpu',
+                       weights_only=False)['state_dict']
+    model = init_model(CONFIG, ckpt, fuse=False)
+    loaded = model.state_dict()
+    assert set(loaded) == set(state)  # no "module." prefix, nothing missing
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert init_model(CONFIG, ckpt).dataset_meta['classes'] == (
+        'circle', 'rectangle', 'triangle')
+
+
+def test_replace_sync_bn_anywhere_in_a_model_config():
+    cfg = Config.fromfile(CONFIG)
+    cfg.model.backbone.norm_cfg.type = 'SyncBN'
+    cfg.model.neck.norm_cfg = dict(type='mmdet.MMSyncBN', eps=1e-3)
+    assert _replace_sync_bn(cfg.model) == 2
+    assert cfg.model.backbone.norm_cfg.type == 'BN'
+    assert cfg.model.neck.norm_cfg == dict(type='BN', eps=1e-3)
+    assert _replace_sync_bn(cfg.model) == 0

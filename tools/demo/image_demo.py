@@ -1,0 +1,45 @@
+"""Run a fused detector / segmentor on one image and draw the prediction.
+
+The task (detection or segmentation) comes from the config. Accepts a
+training or a fused checkpoint.
+
+Usage: python tools/demo/image_demo.py IMAGE CONFIG CHECKPOINT
+           --out-file OUT.png [--score-thr 0.3]
+"""
+import argparse
+import os.path as osp
+
+from mmfalcon.apis import draw_result, inference
+from mmfalcon.engine import init_model
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('image', help='image file')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('checkpoint', help='training or fused checkpoint')
+    parser.add_argument('--out-file', required=True,
+                        help='where to write the drawing (e.g. out.png)')
+    parser.add_argument(
+        '--score-thr', type=float, default=0.3,
+        help='do not draw detections below this score (detection only)')
+    parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    for path, what in ((args.image, 'image'), (args.checkpoint,
+                                               'checkpoint')):
+        if not osp.isfile(path):
+            raise SystemExit(f'{what} {path}: no such file')
+    model = init_model(args.config, args.checkpoint, fuse=True,
+                       device=args.device)
+    result = inference(model, args.image)
+    draw_result(model, args.image, result, out_file=args.out_file,
+                score_thr=args.score_thr)
+    print(f'Saved the drawing to {args.out_file}.')
+
+
+if __name__ == '__main__':
+    main()
