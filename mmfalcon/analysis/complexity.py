@@ -14,12 +14,13 @@ RATIO_COLUMNS = ('params x unfused', 'FLOPs x unfused')
 
 
 @torch.no_grad()
-def uncalled_submodules(module: nn.Module,
-                        shape: Sequence[int]) -> List[Tuple[str, int]]:
-    """Submodules with parameters that a forward pass never calls.
+def unused_submodules(module: nn.Module,
+                      shape: Sequence[int]) -> List[Tuple[str, int]]:
+    """Submodules whose parameters a forward pass never uses.
 
     E.g. a segmentor's ``auxiliary_head``, which trains but does not run
-    at inference. Only the outermost uncalled module of a subtree is
+    at inference. A parameter counts as used when a module holding it
+    directly is called; only the outermost unused module of a subtree is
     listed.
 
     Args:
@@ -36,14 +37,14 @@ def uncalled_submodules(module: nn.Module,
         module(torch.randn(*shape))
     finally:
         handle.remove()
+    used = {id(p) for m in module.modules() if id(m) in called
+            for p in m.parameters(recurse=False)}
     found: List[Tuple[str, int]] = []
     for name, sub in module.named_modules():
-        if id(sub) in called or any(name.startswith(f'{n}.')
-                                    for n, _ in found):
-            continue
-        params = count_params(sub)
-        if params:
-            found.append((name, params))
+        params = list(sub.parameters())
+        if params and not any(id(p) in used for p in params) and not any(
+                name.startswith(f'{n}.') for n, _ in found):
+            found.append((name, sum(p.numel() for p in params)))
     return found
 
 
@@ -80,7 +81,7 @@ def measure_complexity(model: nn.Module,
         for form, net in forms.items():
             module = net.backbone if part == 'backbone' else TensorForward(
                 net)
-            unused = uncalled_submodules(module, shape)
+            unused = unused_submodules(module, shape)
             row = BenchmarkRow(
                 f'{part} {form}',
                 params=count_params(module) - sum(n for _, n in unused),

@@ -1,6 +1,5 @@
 """End to end through the tools on a tiny generated dataset: train, resume,
 fuse, test. Runs in a temporary directory so nothing touches data/."""
-import os
 import os.path as osp
 import re
 import subprocess

@@ -6,12 +6,11 @@ import torch.nn as nn
 from mmcv.cnn import build_activation_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from mmengine.registry import MODELS
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers import (ConvNorm, FasterNetBlock, InvertedResidual, RefCO,
                       RepSO, best_window)
+from .base import FusableBackbone, default_init_cfg
 
 _dense_fallbacks_logged = set()
 
@@ -121,7 +120,7 @@ class LightNetStem(nn.Module):
 
 
 @MODELS.register_module()
-class FalconNet(BaseModule):
+class FalconNet(FusableBackbone):
     """FalconNet / LightNet backbone (FalconNet spec sections 1-5).
 
     A LightNet frame (stem, four stages at strides 4/8/16/32, grouped 2x2
@@ -185,14 +184,7 @@ class FalconNet(BaseModule):
                  deploy: bool = False,
                  pretrained=None,
                  init_cfg=None):
-        if pretrained is not None:
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        if init_cfg is None:
-            init_cfg = [
-                dict(type='Kaiming', layer='Conv2d'),
-                dict(type='Constant', val=1, layer=['_BatchNorm'])
-            ]
-        super().__init__(init_cfg)
+        super().__init__(default_init_cfg(init_cfg, pretrained))
         self.arch = self._parse_arch(arch)
         depths, widths = self.arch['depths'], self.arch['widths']
         if isinstance(out_indices, int):
@@ -288,24 +280,5 @@ class FalconNet(BaseModule):
             outs.append(self.head_conv(x))
         return tuple(outs)
 
-    def _freeze_stages(self):
-        stem_and_stages = [self.stem, *self.stages]
-        for module in stem_and_stages[:self.frozen_stages + 1]:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode=True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
-        return self
-
-    def switch_to_deploy(self):
-        """Fuse every re-parameterizable layer in place (idempotent)."""
-        # Imported here: mmfalcon.engine imports the layers of this package.
-        from mmfalcon.engine import switch_to_deploy
-        switch_to_deploy(self)
+    def _stages(self):
+        return [self.stem, *self.stages]

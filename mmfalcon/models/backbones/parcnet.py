@@ -1,21 +1,19 @@
-import warnings
 from typing import Sequence, Union
 
 import torch.nn as nn
-from mmengine.model import BaseModule
 from mmengine.registry import MODELS
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers.inverted_residual import InvertedResidual
 from ..layers.parc import ParCOuterFrame
 from ..layers.reparam import ConvNorm
+from .base import FusableBackbone, default_init_cfg
 
 # MV2 expansion of every inverted residual in ParC-Net (spec 3).
 MV2_EXPAND_RATIO = 4
 
 
 @MODELS.register_module()
-class ParCNet(BaseModule):
+class ParCNet(FusableBackbone):
     """ParC-Net backbone (ParC-Net spec section 3; ECCV 2022, "ParC-Net:
     Position Aware Circular Convolution with Merits from ConvNets and
     Transformer").
@@ -95,19 +93,7 @@ class ParCNet(BaseModule):
                  deploy: bool = False,
                  pretrained=None,
                  init_cfg=None):
-        if pretrained is not None:
-            if not isinstance(pretrained, str):
-                raise TypeError(f'pretrained must be a str or None, got '
-                                f'{type(pretrained).__name__}')
-            warnings.warn('ParCNet: `pretrained` is deprecated, use '
-                          '`init_cfg=dict(type="Pretrained", checkpoint=...)`')
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        if init_cfg is None:
-            init_cfg = [
-                dict(type='Kaiming', layer='Conv2d'),
-                dict(type='Constant', val=1, layer=['_BatchNorm'])
-            ]
-        super().__init__(init_cfg)
+        super().__init__(default_init_cfg(init_cfg, pretrained))
         self.arch = self._parse_arch(arch)
         if out_stride not in (16, 32):
             raise ValueError(
@@ -222,24 +208,5 @@ class ParCNet(BaseModule):
                 outs.append(x)
         return tuple(outs)
 
-    def _freeze_stages(self):
-        for name in self.layer_names[:self.frozen_stages + 1]:
-            module = getattr(self, name)
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode=True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
-        return self
-
-    def switch_to_deploy(self):
-        """Fuse every re-parameterizable layer in place (idempotent)."""
-        # Imported here: mmfalcon.engine imports the layers of this package.
-        from mmfalcon.engine import switch_to_deploy
-        switch_to_deploy(self)
+    def _stages(self):
+        return [getattr(self, name) for name in self.layer_names]

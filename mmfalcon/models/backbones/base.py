@@ -1,0 +1,55 @@
+import warnings
+
+from mmengine.model import BaseModule
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def default_init_cfg(init_cfg, pretrained):
+    """mmseg copies a model-level ``pretrained`` into the backbone config;
+    turn it into the ``init_cfg`` that MMEngine understands."""
+    if pretrained is not None:
+        if not isinstance(pretrained, str):
+            raise TypeError(f'pretrained must be a str or None, got '
+                            f'{type(pretrained).__name__}')
+        warnings.warn('`pretrained` is deprecated, use '
+                      '`init_cfg=dict(type="Pretrained", checkpoint=...)`')
+        return dict(type='Pretrained', checkpoint=pretrained)
+    if init_cfg is None:
+        return [
+            dict(type='Kaiming', layer='Conv2d'),
+            dict(type='Constant', val=1, layer=['_BatchNorm'])
+        ]
+    return init_cfg
+
+
+class FusableBackbone(BaseModule):
+    """What FalconNet and ParC-Net share: ``frozen_stages`` / ``norm_eval``
+    handling in ``train()`` and ``switch_to_deploy()``.
+
+    Subclasses set ``frozen_stages`` and ``norm_eval`` and implement
+    :meth:`_stages`, the modules in freezing order.
+    """
+
+    def _stages(self):
+        raise NotImplementedError
+
+    def _freeze_stages(self):
+        for module in self._stages()[:self.frozen_stages + 1]:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def switch_to_deploy(self):
+        """Fuse every re-parameterizable layer in place (idempotent)."""
+        # Imported here: mmfalcon.engine imports the layers of this package.
+        from mmfalcon.engine import switch_to_deploy
+        switch_to_deploy(self)
