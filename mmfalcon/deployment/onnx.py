@@ -4,6 +4,8 @@
 here, when used. The export uses PyTorch's TorchScript-based exporter
 (``dynamo=False``): the fused ParC layers cache their kernels per input
 size, which that tracer records as constants of the fixed export size.
+Convs with ``padding='same'`` (the dilated FalconNet) are exported with
+explicit padding, which ONNX Runtime accepts for dilated convs.
 """
 import copy
 import warnings
@@ -89,7 +91,8 @@ def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
 
     Args:
         model (nn.Module): A detector or segmentor (fused for deployment,
-            see :func:`mmfalcon.engine.init_model`); set to eval mode.
+            see :func:`mmfalcon.engine.init_model`); set to eval mode,
+            otherwise unchanged (a copy is rewritten for export).
         shape (Sequence[int]): Input shape ``(N, C, H, W)``, preprocessed
             (normalized) images.
         path (str): The ``.onnx`` file to write.

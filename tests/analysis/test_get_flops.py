@@ -5,7 +5,8 @@ import sys
 
 from conftest import ROOT, config_path
 
-from mmfalcon.analysis.complexity import RATIO_COLUMNS, measure_complexity
+from mmfalcon.analysis.complexity import (RATIO_COLUMNS, measure_complexity,
+                                         unused_submodules)
 from mmfalcon.engine import init_model, is_deployed
 
 CONFIG = config_path('demo/ssdlite_falcon_shapes.py')
@@ -40,3 +41,19 @@ def test_get_flops_tool():
     assert [line.split('|')[1].strip() for line in lines[3:7]] == [
         'backbone unfused', 'backbone fused', 'model unfused', 'model fused'
     ]
+
+
+def test_unused_submodules_are_left_out_of_params():
+    import torch.nn as nn
+
+    class Net(nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Conv2d(3, 4, 1)])  # not called
+            self.aux = nn.Sequential(nn.Conv2d(4, 2, 1), nn.ReLU())
+
+        def forward(self, x):
+            return self.layers[0](x)
+
+    assert unused_submodules(Net(), (1, 3, 4, 4)) == [('aux', 10)]
