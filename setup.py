@@ -23,5 +23,7 @@ setup(
     python_requires='>=3.8',
     install_requires=['mmcv>=2.0.0,<2.2.0'] +
     read_requirements('requirements/runtime.txt'),
-    extras_require=dict(tests=read_requirements('requirements/tests.txt')),
+    extras_require=dict(
+        tests=read_requirements('requirements/tests.txt'),
+        deploy=['onnx', 'onnxruntime']),
 )

@@ -1,26 +1,41 @@
-"""Params, FLOPs and median CPU latency of the backbones, side by side.
+"""Params, FLOPs and median CPU latency of backbones and whole models.
 
-All models of one input size are timed in the same process, interleaved,
-so the ratios are meaningful on a shared, noisy machine; absolute times are
+Models of one input size are timed in the same process, interleaved, so
+the ratios are meaningful on a shared, noisy machine; absolute times are
 not. Usage: python tools/analysis/benchmark.py [--runs 30] [--markdown]
+[--sizes 320 512] [--no-models]
 """
 import argparse
 import copy
+import os.path as osp
 
 import torch
+from mmengine.config import Config
 
 import mmfalcon
 from mmfalcon.analysis import (BenchmarkRow, count_flops, count_params,
                                format_table, measure_latency)
+from mmfalcon.deployment.wrapper import TensorForward, input_size_from_config
+from mmfalcon.engine import init_model
 from mmfalcon.models import FalconNet, ParCNet
+
+CONFIGS = ('ssdlite_falcon_coco.py', 'ssdlite_parcnet_coco.py',
+           'deeplabv3_falcon_voc.py', 'deeplabv3_parcnet_voc.py')
+CONFIG_DIR = osp.join(osp.dirname(__file__), '..', '..', 'configs')
 
 
 def fused(model, sfconv_impl=None):
-    model = mmfalcon.switch_to_deploy(copy.deepcopy(model)).eval()
+    model = mmfalcon.switch_to_deploy(copy.deepcopy(model))
+    model.eval()
     if sfconv_impl is not None:
         for module in model.modules():
             if hasattr(module, 'impl'):
                 module.impl = sfconv_impl
+    return model
+
+
+def evaluated(model):
+    model.eval()  # some mmdet/mmseg backbones' train() returns None
     return model
 
 
@@ -30,35 +45,60 @@ def mobilevit_s():
         from mmpretrain.models.backbones import MobileViT
     except Exception as exc:  # noqa: BLE001 - any import failure
         return None, f'unavailable: mmpretrain import failed ({exc!r:.60})'
-    return MobileViT(arch='small', out_indices=(3, 4)).eval(), ''
+    return evaluated(MobileViT(arch='small', out_indices=(3, 4))), ''
+
+
+def pair(name, model, refs=(), sfconv_impls=(None, )):
+    """Unfused + fused rows of one model; each fused row is compared with
+    the unfused one and with the reference rows ``refs``."""
+    rows = [(f'{name} unfused', model, '', list(refs))]
+    for impl in sfconv_impls:
+        note = f'SF-Conv as {impl}' if impl else ''
+        rows.append((f'{name} fused' + (f' ({impl})' if impl else ''),
+                     fused(model, impl), note,
+                     [('x unfused', f'{name} unfused')] + list(refs)))
+    return rows
+
+
+def backbones_at(size):
+    """(name, model, note, [(ratio column, reference row)]) per backbone."""
+    vit, vit_note = mobilevit_s()
+    vs_vit = [('x MobileViT-S', 'MobileViT-S')] if vit else []
+    parc_out_stride = 32 if size <= 320 else 16
+    rows = pair(f'ParC-Net-S os{parc_out_stride}',
+                evaluated(ParCNet(arch='s', out_indices=(4, 5),
+                                  out_stride=parc_out_stride)), vs_vit)
+    rows.append(('MobileViT-S', vit, vit_note, []))
+    if size <= 320:
+        from mmdet.models.backbones import MobileNetV2
+        vs_mnv2 = [('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')]
+        rows = pair('FalconNet', evaluated(FalconNet(out_indices=(2, 3))),
+                    vs_mnv2, sfconv_impls=('matmul', 'conv')) + [
+            ('mmdet MobileNetV2 (4, 7)',
+             evaluated(MobileNetV2(out_indices=(4, 7))), '', [])] + rows
+    else:
+        from mmseg.models.backbones import MobileNetV2
+        vs_mnv2 = [('x MobileNetV2', 'mmseg MobileNetV2 os8')]
+        rows = pair('FalconNet os8',
+                    evaluated(FalconNet(out_indices=(2, 3), out_stride=8)),
+                    vs_mnv2) + [
+            ('mmseg MobileNetV2 os8', evaluated(MobileNetV2(
+                strides=(1, 2, 2, 1, 1, 1, 1),
+                dilations=(1, 1, 1, 2, 2, 4, 4),
+                out_indices=(1, 2, 4, 6))), '', [])] + rows
+    return rows
 
 
 def models_at(size):
-    """(name, model, note, [(ratio column, reference name)]) for a size."""
-    parc = ParCNet(arch='s', out_indices=(4, 5)).eval()
-    vit, vit_note = mobilevit_s()
-    vs_vit = [('x MobileViT-S', 'MobileViT-S (4, 5)')] if vit else []
-    entries = [
-        ('ParC-Net-S unfused', parc, '', vs_vit),
-        ('ParC-Net-S fused', fused(parc), '',
-         [('x unfused', 'ParC-Net-S unfused')] + vs_vit),
-        ('MobileViT-S (4, 5)', vit, vit_note, []),
-    ]
-    if size == 320:
-        from mmdet.models.backbones import MobileNetV2
-        falcon = FalconNet(arch='base', out_indices=(2, 3)).eval()
-        vs_mnv2 = ('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')
-        entries = [
-            ('FalconNet unfused', falcon, '', [vs_mnv2]),
-            ('FalconNet fused', fused(falcon, 'matmul'), 'SF-Conv as matmul',
-             [('x unfused', 'FalconNet unfused'), vs_mnv2]),
-            ('FalconNet fused (conv)', fused(falcon, 'conv'),
-             'SF-Conv as grouped conv + shuffle',
-             [('x unfused', 'FalconNet unfused'), vs_mnv2]),
-            ('mmdet MobileNetV2 (4, 7)',
-             MobileNetV2(out_indices=(4, 7)).eval(), '', []),
-        ] + entries
-    return entries
+    """Whole models (tensor forward) of the configs whose input is size."""
+    rows = []
+    for name in CONFIGS:
+        cfg = Config.fromfile(osp.join(CONFIG_DIR, name))
+        if input_size_from_config(cfg)[0] != size:
+            continue
+        model = TensorForward(init_model(cfg, fuse=False))
+        rows += pair(osp.splitext(name)[0], evaluated(model))
+    return rows
 
 
 def main():
@@ -67,29 +107,33 @@ def main():
     parser.add_argument('--runs', type=int, default=30)
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--no-models', action='store_true',
+                        help='backbones only, not the configs\' models')
     parser.add_argument('--markdown', action='store_true')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    table = []
     for size in args.sizes:
         shape = (1, 3, size, size)
-        entries = models_at(size)
+        entries = backbones_at(size)
+        if not args.no_models:
+            entries += models_at(size)
         available = {name: m for name, m, _, _ in entries if m is not None}
         latency = measure_latency(available, shape, args.warmup, args.runs)
-        rows = []
         for name, model, note, ratios in entries:
-            row = BenchmarkRow(name, note=note)
+            row = BenchmarkRow(f'{name} @{size}', note=note)
             if model is not None:
                 row.params = count_params(model)
                 row.flops = count_flops(model, shape)
                 row.latency_ms = latency[name]
                 for column, ref in ratios:
                     row.ratios[column] = latency[name] / latency[ref]
-            rows.append(row)
-        print(f'\nInput {shape}, batch 1, {torch.get_num_threads()} '
-              f'threads, median of {args.runs} interleaved runs after '
-              f'{args.warmup} warm-up runs:')
-        print(format_table(rows, markdown=args.markdown))
+            table.append(row)
+    print(f'Batch 1, {torch.get_num_threads()} threads, median of '
+          f'{args.runs} interleaved runs after {args.warmup} warm-up runs; '
+          'ratios compare latencies measured side by side.')
+    print(format_table(table, markdown=args.markdown))
 
 
 if __name__ == '__main__':

@@ -1,0 +1,28 @@
+"""The benchmark script runs and fills every available row (a smoke test:
+speed is measured by the script itself, not asserted here)."""
+import os.path as osp
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_benchmark_prints_a_complete_table():
+    out = subprocess.run([
+        sys.executable, osp.join(ROOT, 'tools', 'analysis', 'benchmark.py'),
+        '--runs', '1', '--warmup', '0', '--sizes', '96', '--no-models'
+    ], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {}
+    for line in out.stdout.splitlines():
+        cells = re.split(r'\s{2,}', line.strip())
+        rows[cells[0]] = cells
+    for name in ('FalconNet unfused @96', 'FalconNet fused (matmul) @96',
+                 'FalconNet fused (conv) @96',
+                 'mmdet MobileNetV2 (4, 7) @96', 'ParC-Net-S os32 fused @96'):
+        assert name in rows, out.stdout
+        params, flops, latency = rows[name][1:4]
+        assert '-' not in (params, flops, latency), rows[name]
+    vit = rows['MobileViT-S @96']
+    assert 'unavailable' in vit[-1] or '-' not in vit[1:4], vit
