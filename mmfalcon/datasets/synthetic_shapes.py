@@ -153,8 +153,9 @@ def make_voc_shapes(root: str, num_train: int = 240, num_val: int = 60,
     if osp.isfile(osp.join(split_dir, 'val.txt')):
         return root
     rng = np.random.default_rng(seed)
-    for sub in ('JPEGImages', 'SegmentationClass', split_dir):
-        os.makedirs(osp.join(root, sub), exist_ok=True)
+    for folder in (osp.join(root, 'JPEGImages'),
+                   osp.join(root, 'SegmentationClass'), split_dir):
+        os.makedirs(folder, exist_ok=True)
     palette = [c for colour in shapes_palette() for c in colour]
     for split, count in _splits(num_train, num_val):
         names = []
