@@ -56,7 +56,7 @@ val_dataloader = dict(
         **shapes))
 test_dataloader = val_dataloader
 
-max_iters = 400
+max_iters = 320
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 optim_wrapper = dict(
     _delete_=True,

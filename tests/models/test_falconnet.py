@@ -157,3 +157,14 @@ def test_out_stride_dilates_instead_of_downsampling(out_stride, strides,
 def test_bad_out_stride_is_named():
     with pytest.raises(ValueError, match='out_stride=4'):
         FalconNet(out_stride=4)
+
+
+def test_infeasible_sfconv_width_falls_back_to_dense_conv():
+    from mmfalcon.models.layers import ConvNorm
+    # width 7 -> 28: no window K with K | 7 and 2 | K exists
+    model = FalconNet(arch=dict(depths=[1, 1, 1, 1], widths=[7, 14, 28, 56]))
+    block = model.stages[0][0]
+    assert isinstance(block.channel_op1, ConvNorm)
+    assert block.channel_op1.conv.weight.shape == (28, 7, 1, 1)
+    assert isinstance(model.stages[1][-1].channel_op1, RefCO)
+    assert model(torch.randn(1, 3, 64, 64))[0].shape == (1, 56, 2, 2)

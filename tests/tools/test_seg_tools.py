@@ -1,11 +1,13 @@
 """Segmentation through the same tools and fusion path as detection: the
-demo recipe learns (mIoU clearly above the untrained model's), and a
-training checkpoint goes through reparameterize.py and test.py."""
+demo recipe learns (mIoU clearly above the untrained model's), a training
+checkpoint goes through reparameterize.py and test.py, and mmseg's own
+tools run the config."""
 import os.path as osp
 import re
 import subprocess
 import sys
 
+import mmseg
 from conftest import ROOT, config_path
 from mmengine.config import Config
 from mmengine.runner import Runner
@@ -66,3 +68,17 @@ def test_seg_demo_learns_then_fuses_and_tests(tmp_path):
     tested = float(re.findall(r'mIoU: ([0-9.]+)', log)[-1])
     # the fused model scores what the unfused one did
     assert abs(tested - after) < 0.5, (tested, after)
+
+    # mmseg's own tools run the config unchanged (custom_imports only)
+    mmseg_tools = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools')
+    mmseg_work = osp.join(work, 'mmseg')
+    for args in (['train.py', osp.join(work, 'small.py'), '--work-dir',
+                  mmseg_work, '--cfg-options', 'train_cfg.max_iters=2',
+                  'default_hooks.checkpoint.interval=2'],
+                 ['test.py', osp.join(work, 'small.py'),
+                  osp.join(mmseg_work, 'iter_2.pth'), '--work-dir',
+                  mmseg_work]):
+        out = subprocess.run([sys.executable, osp.join(mmseg_tools, args[0]),
+                              *args[1:]], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r'mIoU: [0-9.]+', out.stdout + out.stderr)
