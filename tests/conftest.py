@@ -24,6 +24,14 @@ def randomize_bn_stats(model, seed=0):
     return model
 
 
+# --cfg-options that make a demo config load data in the main process.
+SINGLE_PROCESS_LOADERS = [
+    f'{loader}.{key}'
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')
+    for key in ('num_workers=0', 'persistent_workers=False')
+]
+
+
 def config_path(name):
     return os.path.join(ROOT, 'configs', name)
 

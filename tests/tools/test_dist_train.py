@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import ROOT, config_path
+from conftest import ROOT, SINGLE_PROCESS_LOADERS, config_path
 from mmengine.config import Config
 
 from mmfalcon.datasets import make_coco_shapes
@@ -18,10 +18,7 @@ from mmfalcon.engine.cli import _replace_sync_bn
 
 CONFIG = config_path('demo/ssdlite_falcon_shapes.py')
 SMALL = ['train_cfg.max_epochs=1', 'train_dataloader.batch_size=2',
-         'default_hooks.logger.interval=1'] + [
-             f'{loader}.{key}' for loader in
-             ('train_dataloader', 'val_dataloader', 'test_dataloader')
-             for key in ('num_workers=0', 'persistent_workers=False')]
+         'default_hooks.logger.interval=1'] + SINGLE_PROCESS_LOADERS
 
 
 def free_port():

@@ -8,17 +8,14 @@ import sys
 import mmdet
 import pytest
 import torch
-from conftest import ROOT, config_path
+from conftest import ROOT, SINGLE_PROCESS_LOADERS, config_path
 
 from mmfalcon.datasets import make_coco_shapes
 from mmfalcon.engine import is_fused_checkpoint
 
 CONFIG = config_path('demo/ssdlite_falcon_shapes.py')
 SMALL = ['train_dataloader.batch_size=4', 'default_hooks.logger.interval=1',
-         'default_hooks.checkpoint.interval=1'] + [
-             f'{loader}.{key}' for loader in
-             ('train_dataloader', 'val_dataloader', 'test_dataloader')
-             for key in ('num_workers=0', 'persistent_workers=False')]
+         'default_hooks.checkpoint.interval=1'] + SINGLE_PROCESS_LOADERS
 
 
 MMDET_TOOLS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools')
