@@ -52,12 +52,14 @@ def test_seg_demo_learns_then_fuses_and_tests(tmp_path):
     print(f'mIoU untrained {before:.2f} -> trained {after:.2f}')
     assert after > before + 15, (before, after)  # mIoU is in percent
 
-    cfg.dump(osp.join(work, 'small.py'))
+    # outside the work dirs: a runner dumps its own config there
+    small = str(tmp_path / 'small.py')
+    cfg.dump(small)
     ckpt = osp.join(work, f'iter_{MAX_ITERS}.pth')
     fused = osp.join(work, 'fused.pth')
-    for args in (['reparameterize.py', osp.join(work, 'small.py'), ckpt,
+    for args in (['reparameterize.py', small, ckpt,
                   fused],
-                 ['test.py', osp.join(work, 'small.py'), fused,
+                 ['test.py', small, fused,
                   '--work-dir', work]):
         out = subprocess.run([sys.executable, osp.join(ROOT, 'tools', args[0]),
                               *args[1:]], capture_output=True, text=True)
@@ -72,10 +74,10 @@ def test_seg_demo_learns_then_fuses_and_tests(tmp_path):
     # mmseg's own tools run the config unchanged (custom_imports only)
     mmseg_tools = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools')
     mmseg_work = osp.join(work, 'mmseg')
-    for args in (['train.py', osp.join(work, 'small.py'), '--work-dir',
+    for args in (['train.py', small, '--work-dir',
                   mmseg_work, '--cfg-options', 'train_cfg.max_iters=2',
                   'default_hooks.checkpoint.interval=2'],
-                 ['test.py', osp.join(work, 'small.py'),
+                 ['test.py', small,
                   osp.join(mmseg_work, 'iter_2.pth'), '--work-dir',
                   mmseg_work]):
         out = subprocess.run([sys.executable, osp.join(mmseg_tools, args[0]),
