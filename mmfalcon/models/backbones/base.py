@@ -23,12 +23,37 @@ def default_init_cfg(init_cfg, pretrained):
 
 
 class FusableBackbone(BaseModule):
-    """What FalconNet and ParC-Net share: ``frozen_stages`` / ``norm_eval``
-    handling in ``train()`` and ``switch_to_deploy()``.
+    """What FalconNet and ParC-Net share: arch parsing, ``frozen_stages`` /
+    ``norm_eval`` handling in ``train()`` and ``switch_to_deploy()``.
 
-    Subclasses set ``frozen_stages`` and ``norm_eval`` and implement
-    :meth:`_stages`, the modules in freezing order.
+    Subclasses define ``arch_zoo`` and ``arch_keys``, set ``frozen_stages``
+    and ``norm_eval``, and implement :meth:`_check_arch` (the values of a
+    custom arch) and :meth:`_stages` (the modules in freezing order).
     """
+    arch_zoo: dict = {}
+    arch_keys: tuple = ()
+
+    def _parse_arch(self, arch):
+        """An ``arch_zoo`` name, or a dict with exactly ``arch_keys``."""
+        if isinstance(arch, str):
+            if arch not in self.arch_zoo:
+                raise ValueError(f'Unknown arch {arch!r}; expected one of '
+                                 f'{sorted(self.arch_zoo)} or a dict.')
+            return self.arch_zoo[arch]
+        if not isinstance(arch, dict):
+            raise ValueError(f'arch must be a str or a dict, got {arch!r}.')
+        missing = [key for key in self.arch_keys if key not in arch]
+        extra = sorted(set(arch) - set(self.arch_keys))
+        if missing or extra:
+            raise ValueError(
+                f'Custom arch dict must have exactly the keys '
+                f'{list(self.arch_keys)}; missing {missing}, '
+                f'unexpected {extra}.')
+        self._check_arch(arch)
+        return dict(arch)
+
+    def _check_arch(self, arch):
+        raise NotImplementedError
 
     def _stages(self):
         raise NotImplementedError

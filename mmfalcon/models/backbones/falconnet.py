@@ -167,6 +167,7 @@ class FalconNet(FusableBackbone):
         'small': dict(depths=[2, 2, 6, 2], widths=[24, 48, 96, 192]),
         'tiny': dict(depths=[1, 1, 2, 1], widths=[16, 32, 64, 128]),
     }
+    arch_keys = ('depths', 'widths')
     num_stages = 4
 
     def __init__(self,
@@ -243,22 +244,12 @@ class FalconNet(FusableBackbone):
         ) if self.num_stages in self.out_indices else None
         self._freeze_stages()
 
-    def _parse_arch(self, arch):
-        if isinstance(arch, str):
-            if arch not in self.arch_zoo:
-                raise ValueError(f'Unknown arch {arch!r}; expected one of '
-                                 f'{sorted(self.arch_zoo)} or a dict.')
-            return self.arch_zoo[arch]
-        if not isinstance(arch, dict) or set(arch) != {'depths', 'widths'}:
-            raise ValueError(
-                f'Custom arch must be a dict with exactly the keys '
-                f"'depths' and 'widths', got {arch!r}.")
-        for key in ('depths', 'widths'):
+    def _check_arch(self, arch):
+        for key in self.arch_keys:
             values = arch[key]
             if len(values) != self.num_stages or min(values) < 1:
                 raise ValueError(f'arch[{key!r}]={values!r}: expected '
                                  f'{self.num_stages} positive ints.')
-        return dict(arch)
 
     @staticmethod
     def _parse_block(block):

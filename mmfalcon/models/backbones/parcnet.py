@@ -160,21 +160,7 @@ class ParCNet(FusableBackbone):
             getattr(self, name).requires_grad_(False)
         self._freeze_stages()
 
-    def _parse_arch(self, arch):
-        if isinstance(arch, str):
-            if arch not in self.arch_zoo:
-                raise ValueError(f'Unknown arch {arch!r}; expected one of '
-                                 f'{sorted(self.arch_zoo)} or a dict.')
-            return self.arch_zoo[arch]
-        if not isinstance(arch, dict):
-            raise ValueError(f'arch must be a str or a dict, got {arch!r}.')
-        missing = [key for key in self.arch_keys if key not in arch]
-        extra = sorted(set(arch) - set(self.arch_keys))
-        if missing or extra:
-            raise ValueError(
-                f'Custom arch dict must have exactly the keys '
-                f'{list(self.arch_keys)}; missing {missing}, '
-                f'unexpected {extra}.')
+    def _check_arch(self, arch):
         for key, size in (('mv2_layers', 3), ('parc_layers', 5)):
             rows = arch[key]
             if not rows or any(len(row) != size for row in rows):
@@ -183,7 +169,6 @@ class ParCNet(FusableBackbone):
         if arch['fusion'] not in ('concat', 'add'):
             raise ValueError(f"arch['fusion'] must be 'concat' or 'add', "
                              f"got {arch['fusion']!r}.")
-        return dict(arch)
 
     def _parse_out_indices(self, out_indices, num):
         if isinstance(out_indices, int):
