@@ -24,6 +24,14 @@ def randomize_bn_stats(model, seed=0):
     return model
 
 
+# The official ParC-Net-S fixture lives in shared/ (inside the checkout or
+# beside it); tests that need it skip when neither place has it.
+PARCNET_FIXTURE = next(
+    (p for p in (os.path.join(d, 'shared', 'reference',
+                              'parcnet_s_official.pt')
+                 for d in (ROOT, os.path.dirname(ROOT))) if os.path.isfile(p)),
+    None)
+
 # --cfg-options that make a demo config load data in the main process.
 SINGLE_PROCESS_LOADERS = [
     f'{loader}.{key}'

@@ -1,9 +1,9 @@
 import math
-import os
 import warnings
 
 import pytest
 import torch
+from conftest import PARCNET_FIXTURE
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmfalcon.engine.deploy import switch_to_deploy
@@ -11,14 +11,7 @@ from mmfalcon.models.backbones.parcnet import ParCNet
 from mmfalcon.models.backbones.parcnet_convert import convert_official_parcnet
 from mmfalcon.models.layers.parc import ParC, ParCFused, circular_conv
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-FIXTURE_CANDIDATES = [
-    os.path.join(ROOT, 'shared', 'reference', 'parcnet_s_official.pt'),
-    os.path.join(os.path.dirname(ROOT), 'shared', 'reference',
-                 'parcnet_s_official.pt'),
-]
-FIXTURE = next((p for p in FIXTURE_CANDIDATES if os.path.isfile(p)), None)
+FIXTURE = PARCNET_FIXTURE
 needs_fixture = pytest.mark.skipif(
     FIXTURE is None, reason='official ParC-Net-S fixture not found')
 

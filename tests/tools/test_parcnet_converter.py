@@ -6,19 +6,14 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import PARCNET_FIXTURE, ROOT
 
 from mmfalcon.models.backbones.parcnet import ParCNet
 from mmfalcon.models.backbones.parcnet_convert import (
     convert_official_parcnet, detect_parcnet_arch, drop_official_extras,
     unwrap_official_checkpoint)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-FIXTURE = next(
-    (p for p in (os.path.join(d, 'shared', 'reference',
-                              'parcnet_s_official.pt')
-                 for d in (ROOT, os.path.dirname(ROOT))) if os.path.isfile(p)),
-    None)
+FIXTURE = PARCNET_FIXTURE
 pytestmark = pytest.mark.skipif(
     FIXTURE is None, reason='official ParC-Net-S fixture not found')
 CLI = os.path.join(ROOT, 'tools', 'model_converters', 'parcnet_official.py')
