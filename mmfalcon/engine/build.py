@@ -5,7 +5,7 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import load_checkpoint
 
-from .checkpoint import is_fused_checkpoint
+from .checkpoint import prepare_to_load
 from .deploy import switch_to_deploy
 
 
@@ -20,10 +20,8 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
     cfg = Config.fromfile(config) if isinstance(config, str) else config
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(cfg.model)
-    fused_ckpt = checkpoint is not None and is_fused_checkpoint(checkpoint)
-    if fused_ckpt:
-        switch_to_deploy(model)
     if checkpoint is not None:
+        prepare_to_load(model, checkpoint)
         ckpt = load_checkpoint(model, checkpoint, map_location='cpu')
         meta = ckpt.get('meta', {})
         if 'dataset_meta' in meta:

@@ -6,7 +6,7 @@ import torch.nn as nn
 from mmengine.model import is_model_wrapper
 
 from mmfalcon.version import __version__
-from .deploy import is_deployed
+from .deploy import is_deployed, switch_to_deploy
 
 DEPLOY_META_KEY = 'mmfalcon_deploy'
 
@@ -52,3 +52,14 @@ def is_fused_checkpoint(path: str) -> bool:
         return False
     return isinstance(ckpt, dict) and bool(
         ckpt.get('meta', {}).get(DEPLOY_META_KEY))
+
+
+def prepare_to_load(model: nn.Module, path: str) -> bool:
+    """Fuse ``model`` when ``path`` is a fused checkpoint, which has no
+    training branches to load into. Returns whether it fused."""
+    if not is_fused_checkpoint(path):
+        return False
+    if is_model_wrapper(model):
+        model = model.module
+    switch_to_deploy(model)
+    return True

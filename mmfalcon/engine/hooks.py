@@ -3,7 +3,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from .checkpoint import is_fused_checkpoint
+from .checkpoint import prepare_to_load
 from .deploy import is_deployed, switch_to_deploy
 
 
@@ -29,8 +29,9 @@ class ReparameterizeHook(Hook):
 
     def before_run(self, runner):
         checkpoint = getattr(runner, '_load_from', None)
-        if checkpoint and is_fused_checkpoint(checkpoint):
-            self._fuse(runner, f'{checkpoint} is a fused checkpoint')
+        if checkpoint and prepare_to_load(runner.model, checkpoint):
+            print_log(f'Re-parameterized the model: {checkpoint} is a fused '
+                      'checkpoint.', logger='current')
 
     def before_test(self, runner):
         self._fuse(runner, 'testing with fused weights')
