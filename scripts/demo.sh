@@ -22,7 +22,7 @@ WORK_DIR=${WORK_DIR:-work_dirs/demo_$DEMO}
 "$PY" tools/misc/make_shapes_dataset.py --format "$FORMAT"
 "$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" "$@"
 LAST=$(cat "$WORK_DIR/last_checkpoint")
-"$PY" tools/reparameterize.py "$CONFIG" "$LAST" "$WORK_DIR/fused.pth"
+"$PY" tools/fuse.py "$CONFIG" "$LAST" "$WORK_DIR/fused.pth"
 "$PY" tools/test.py "$CONFIG" "$WORK_DIR/fused.pth" --work-dir "$WORK_DIR/test" \
     2>&1 | tee "$WORK_DIR/test.log"
 grep -oE "$METRIC: [0-9.]+" "$WORK_DIR/test.log" | tail -1 \

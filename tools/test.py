@@ -1,7 +1,7 @@
 """Test a detector or segmentor with fused (re-parameterized) weights.
 
 Accepts a training checkpoint (fused after loading) or a fused one written
-by tools/reparameterize.py (the model is fused before loading).
+by tools/fuse.py (the model is fused before loading).
 """
 import argparse
 import os.path as osp
@@ -32,7 +32,7 @@ def main():
     cfg.load_from = args.checkpoint
     if not args.no_fuse:
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
-            dict(type='ReparameterizeHook')
+            dict(type='FuseHook')
         ]
     else:
         print_log('--no-fuse: testing the unfused model.', logger='current')

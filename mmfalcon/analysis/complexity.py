@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from mmfalcon.deployment.wrapper import TensorForward
-from mmfalcon.engine.deploy import switch_to_deploy
+from mmfalcon.models import fuse_model
 from .benchmark import BenchmarkRow, count_flops, count_params
 
 RATIO_COLUMNS = ('params x unfused', 'FLOPs x unfused')
@@ -75,7 +75,7 @@ def measure_complexity(model: nn.Module,
         raise TypeError(f'{type(model).__name__} has no backbone; expected '
                         f'an mmdet detector or an mmseg segmentor')
     forms = dict(unfused=model.eval(),
-                 fused=switch_to_deploy(copy.deepcopy(model)).eval())
+                 fused=fuse_model(copy.deepcopy(model)).eval())
     rows: Dict[str, BenchmarkRow] = OrderedDict()
     for part in ('backbone', 'model'):
         for form, net in forms.items():

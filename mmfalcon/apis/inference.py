@@ -18,7 +18,7 @@ TASKS = ('mmdet', 'mmseg')
 
 def model_task(model: nn.Module) -> str:
     """``'mmdet'`` or ``'mmseg'`` for a model built by
-    :func:`mmfalcon.engine.init_model`.
+    :func:`mmfalcon.apis.init_model`.
 
     Args:
         model (nn.Module): The model; its ``cfg.default_scope`` decides,
@@ -58,7 +58,7 @@ def dataset_meta(model: nn.Module) -> dict:
 
     Args:
         model (nn.Module): A model built by
-            :func:`mmfalcon.engine.init_model` (with ``cfg``).
+            :func:`mmfalcon.apis.init_model` (with ``cfg``).
     """
     meta = getattr(model, 'dataset_meta', None)
     if meta and meta.get('classes'):
@@ -83,7 +83,7 @@ def inference(model: nn.Module, image: str):
 
     Args:
         model (nn.Module): A detector or segmentor built by
-            :func:`mmfalcon.engine.init_model` (fused or not).
+            :func:`mmfalcon.apis.init_model` (fused or not).
         image (str): Image file path.
 
     Returns:

@@ -91,7 +91,7 @@ def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
 
     Args:
         model (nn.Module): A detector or segmentor (fused for deployment,
-            see :func:`mmfalcon.engine.init_model`); set to eval mode,
+            see :func:`mmfalcon.apis.init_model`); set to eval mode,
             otherwise unchanged (a copy is rewritten for export).
         shape (Sequence[int]): Input shape ``(N, C, H, W)``, preprocessed
             (normalized) images.

@@ -1,10 +1,8 @@
-from .build import init_model
-from .checkpoint import (DEPLOY_META_KEY, is_fused_checkpoint,
+from .checkpoint import (FUSED_META_KEY, is_fused_checkpoint,
                          save_fused_checkpoint)
-from .deploy import is_deployed, switch_to_deploy
-from .hooks import ReparameterizeHook
+from .hooks import FuseHook
 
 __all__ = [
-    'switch_to_deploy', 'is_deployed', 'init_model', 'save_fused_checkpoint',
-    'is_fused_checkpoint', 'ReparameterizeHook', 'DEPLOY_META_KEY'
+    'save_fused_checkpoint', 'is_fused_checkpoint', 'FuseHook',
+    'FUSED_META_KEY'
 ]

@@ -6,9 +6,9 @@ import torch.nn as nn
 from mmengine.model import is_model_wrapper
 
 from mmfalcon.version import __version__
-from .deploy import is_deployed, switch_to_deploy
+from mmfalcon.models import fuse_model, is_fused
 
-DEPLOY_META_KEY = 'mmfalcon_deploy'
+FUSED_META_KEY = 'mmfalcon_fused'
 
 
 def _plain(value):
@@ -31,11 +31,11 @@ def save_fused_checkpoint(model: nn.Module, path: str,
     """
     if is_model_wrapper(model):
         model = model.module
-    if not is_deployed(model):
+    if not is_fused(model):
         raise ValueError('save_fused_checkpoint expects a fused model; call '
-                         'mmfalcon.switch_to_deploy(model) first.')
+                         'mmfalcon.fuse_model(model) first.')
     meta = dict(_plain(meta or {}), mmfalcon_version=__version__)
-    meta[DEPLOY_META_KEY] = True
+    meta[FUSED_META_KEY] = True
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(dict(state_dict=state_dict, meta=meta), path)
 
@@ -51,7 +51,7 @@ def is_fused_checkpoint(path: str) -> bool:
     except Exception:  # noqa: BLE001 - any refusal means "not ours"
         return False
     return isinstance(ckpt, dict) and bool(
-        ckpt.get('meta', {}).get(DEPLOY_META_KEY))
+        ckpt.get('meta', {}).get(FUSED_META_KEY))
 
 
 def prepare_to_load(model: nn.Module, path: str) -> bool:
@@ -61,5 +61,5 @@ def prepare_to_load(model: nn.Module, path: str) -> bool:
         return False
     if is_model_wrapper(model):
         model = model.module
-    switch_to_deploy(model)
+    fuse_model(model)
     return True

@@ -4,11 +4,11 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from .checkpoint import prepare_to_load
-from .deploy import is_deployed, switch_to_deploy
+from mmfalcon.models import fuse_model, is_fused
 
 
 @HOOKS.register_module()
-class ReparameterizeHook(Hook):
+class FuseHook(Hook):
     """Test with fused (re-parameterized) weights.
 
     Before the checkpoint is loaded, fuses the model when the checkpoint is
@@ -21,9 +21,9 @@ class ReparameterizeHook(Hook):
     def _fuse(runner, why):
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
-        if is_deployed(model):
+        if is_fused(model):
             return
-        switch_to_deploy(model)
+        fuse_model(model)
         print_log(f'Re-parameterized the model: every fusable layer is now '
                   f'fused ({why}).', logger='current')
 

@@ -7,7 +7,8 @@ from conftest import ROOT, config_path
 
 from mmfalcon.analysis.complexity import (RATIO_COLUMNS, measure_complexity,
                                          unused_submodules)
-from mmfalcon.engine import init_model, is_deployed
+from mmfalcon.apis import init_model
+from mmfalcon.models import is_fused
 
 CONFIG = config_path('demo/ssdlite_falcon_shapes.py')
 
@@ -17,7 +18,7 @@ def test_fused_is_smaller_for_falconnet():
     rows = measure_complexity(model, (1, 3, 128, 160))
     assert list(rows) == ['backbone unfused', 'backbone fused',
                           'model unfused', 'model fused']
-    assert not is_deployed(model)  # measured on a fused copy
+    assert not is_fused(model)  # measured on a fused copy
     for part in ('backbone', 'model'):
         unfused, fused = rows[f'{part} unfused'], rows[f'{part} fused']
         assert 0 < fused.flops < unfused.flops, part

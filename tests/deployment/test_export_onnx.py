@@ -8,8 +8,9 @@ from conftest import ROOT, config_path
 
 from mmfalcon.deployment import (TensorForward, check_onnx, export_onnx,
                                  input_size_from_config)
-from mmfalcon.engine import (init_model, save_fused_checkpoint,
-                             switch_to_deploy)
+from mmfalcon.apis import init_model
+from mmfalcon.engine import save_fused_checkpoint
+from mmfalcon.models import fuse_model
 
 SHAPE = (1, 3, 160, 224)  # small and non-square
 
@@ -17,7 +18,7 @@ SHAPE = (1, 3, 160, 224)  # small and non-square
 def fused_random_model(config, randomize_bn):
     model = init_model(config, None, fuse=False)
     randomize_bn(model)
-    return switch_to_deploy(model).eval()
+    return fuse_model(model).eval()
 
 
 @pytest.mark.parametrize('name', [

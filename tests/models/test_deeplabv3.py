@@ -27,9 +27,9 @@ def test_deeplabv3_fused_equals_unfused(config, dtype, randomize_bn):
     x = torch.randn(1, 3, 131, 197, dtype=dtype)  # non-square, odd
     with torch.no_grad():
         before = model._forward(x)
-        mmfalcon.switch_to_deploy(model)
+        mmfalcon.fuse_model(model)
         after = model._forward(x)
-    assert mmfalcon.is_deployed(model)
+    assert mmfalcon.is_fused(model)
     assert before.shape == after.shape and before.shape[1] in (4, 21)
     err = (before - after).abs().max().item()
     assert err < 1e-4, err

@@ -48,7 +48,7 @@ def test_lightnet_hosts_other_blocks(block, randomize_bn):
     x = torch.randn(1, 3, 96, 80)
     with torch.no_grad():
         before = model(x)
-        mmfalcon.switch_to_deploy(model)
+        mmfalcon.fuse_model(model)
         after = model(x)
     for b, a in zip(before, after):
         assert (b - a).abs().max().item() < 1e-4
@@ -63,7 +63,7 @@ def test_fused_equals_unfused(size, randomize_bn):
         before = model(x)
         model.switch_to_deploy()
         after = model(x)
-    assert mmfalcon.is_deployed(model)
+    assert mmfalcon.is_fused(model)
     assert not any(isinstance(m, _BatchNorm) for m in model.modules())
     for b, a in zip(before, after):
         err = (b - a).abs().max().item()
@@ -72,7 +72,7 @@ def test_fused_equals_unfused(size, randomize_bn):
 
 def test_deploy_build_matches_fused_checkpoint(randomize_bn):
     model = randomize_bn(FalconNet(arch='tiny', out_indices=(2, 3))).eval()
-    mmfalcon.switch_to_deploy(model)
+    mmfalcon.fuse_model(model)
     deployed = FalconNet(arch='tiny', out_indices=(2, 3), deploy=True).eval()
     assert not any(isinstance(m, _BatchNorm) for m in deployed.modules())
     deployed.load_state_dict(model.state_dict())
@@ -84,9 +84,9 @@ def test_deploy_build_matches_fused_checkpoint(randomize_bn):
 
 def test_switch_to_deploy_idempotent():
     model = FalconNet(arch='tiny').eval()
-    mmfalcon.switch_to_deploy(model)
+    mmfalcon.fuse_model(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    mmfalcon.switch_to_deploy(model)
+    mmfalcon.fuse_model(model)
     assert state.keys() == model.state_dict().keys()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 

@@ -12,9 +12,9 @@ def assert_fusion_exact(layer, x, randomize_bn):
     randomize_bn(layer).eval()
     with torch.no_grad():
         before = layer(x)
-        layer.switch_to_deploy()
+        layer.fuse()
         after = layer(x)
-    assert layer.deployed
+    assert layer.is_fused
     err = (before - after).abs().max().item()
     assert err < ATOL, f'fused output differs by {err}'
     return before
@@ -52,7 +52,7 @@ def test_sfconv_fusion_exact(cls, branches, cin, cout, randomize_bn):
 
 def test_fused_sfconv_implementations_agree(randomize_bn):
     layer = randomize_bn(RefCO(32, 128)).eval()
-    layer.switch_to_deploy()
+    layer.fuse()
     x = torch.randn(1, 32, 5, 6)
     with torch.no_grad():
         matmul_out = layer(x)
@@ -93,7 +93,7 @@ def test_sfconv_parameter_count_matches_formula(cin, cout, reduction):
     conv_params = layer.conv1.weight.numel() + layer.conv2.weight.numel()
     assert conv_params == cin * k // reduction + cin * cout // k
     assert conv_params == sfconv_params(cin, cout, k, reduction)
-    layer.switch_to_deploy()
+    layer.fuse()
     weights = layer.fused.weight1.numel() + layer.fused.weight2.numel()
     assert weights == conv_params
     # far fewer than the dense 1x1 conv it replaces
@@ -117,7 +117,7 @@ def test_sfconv_bad_window_names_value():
 
 def test_refco_branches_fold_into_grouped_not_dense(randomize_bn):
     layer = RefCO(64, 256)
-    layer.switch_to_deploy()
+    layer.fuse()
     total = sum(p.numel() for p in layer.parameters())
     assert total < 64 * 256 / 4  # not a dense 1x1 conv
 
@@ -128,11 +128,11 @@ def test_convnorm_fusion_exact(randomize_bn):
     assert_fusion_exact(layer, torch.randn(1, 6, 11, 8), randomize_bn)
 
 
-def test_switch_to_deploy_is_idempotent(randomize_bn):
+def test_fuse_is_idempotent(randomize_bn):
     layer = randomize_bn(RepSO(4)).eval()
-    layer.switch_to_deploy()
+    layer.fuse()
     weight = layer.fused.weight.clone()
-    layer.switch_to_deploy()
+    layer.fuse()
     assert torch.equal(weight, layer.fused.weight)
 
 

@@ -6,9 +6,9 @@ import torch
 from conftest import PARCNET_FIXTURE
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmfalcon.engine.deploy import switch_to_deploy
+from mmfalcon.models import fuse_model
 from mmfalcon.models.backbones.parcnet import ParCNet
-from mmfalcon.models.backbones.parcnet_convert import convert_official_parcnet
+from mmfalcon.converters.parcnet_official import convert_official_parcnet
 from mmfalcon.models.layers.parc import ParC, ParCFused, circular_conv
 
 FIXTURE = PARCNET_FIXTURE
@@ -128,7 +128,7 @@ def test_fused_matches_unfused(bn_random_s):
     model, inputs, refs = bn_random_s
     fused = ParCNet('s', out_indices=ALL).eval()
     fused.load_state_dict(model.state_dict())
-    switch_to_deploy(fused)
+    fuse_model(fused)
     assert not any(isinstance(m, _BatchNorm) for m in fused.modules())
     # 320x320, then a second (non-square) size, then 320x320 from the cache
     for i in (0, 1, 0):
@@ -200,7 +200,7 @@ def test_parc_fused_layer_and_cache(randomize_bn):
     xs = [torch.randn(1, 6, 5, 11), torch.randn(2, 6, 7, 3)]
     with torch.no_grad():
         refs = [parc(x) for x in xs]
-        parc.switch_to_deploy()
+        parc.fuse()
         assert not hasattr(parc, 'norm') and not hasattr(parc, 'kernel')
         for x, ref in zip(xs, refs):
             assert _max_err(parc(x), ref) < 1e-5

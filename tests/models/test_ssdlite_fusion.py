@@ -28,9 +28,9 @@ def test_ssdlite_fused_equals_unfused(config, size, dtype, randomize_bn):
     model = randomize_bn(build_detector(config)).to(dtype).eval()
     with torch.no_grad():
         cls_before, box_before = model._forward(x)
-        mmfalcon.switch_to_deploy(model)
+        mmfalcon.fuse_model(model)
         cls_after, box_after = model._forward(x)
-    assert mmfalcon.is_deployed(model)
+    assert mmfalcon.is_fused(model)
     for before, after in zip(cls_before + box_before, cls_after + box_after):
         err = (before - after).abs().max().item()
         assert err < 1e-4, err

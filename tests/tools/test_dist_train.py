@@ -13,7 +13,7 @@ from conftest import ROOT, SINGLE_PROCESS_LOADERS, config_path
 from mmengine.config import Config
 
 from mmfalcon.datasets import make_coco_shapes
-from mmfalcon.engine import init_model
+from mmfalcon.apis import init_model
 from mmfalcon.engine.cli import _replace_sync_bn
 
 CONFIG = config_path('demo/ssdlite_falcon_shapes.py')

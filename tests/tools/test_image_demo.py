@@ -13,7 +13,7 @@ from mmengine.config import Config
 
 from mmfalcon.apis import dataset_meta, model_task
 from mmfalcon.datasets.synthetic_shapes import render_scene
-from mmfalcon.engine import init_model
+from mmfalcon.apis import init_model
 
 CONFIG = config_path('demo/ssdlite_falcon_shapes.py')
 SHAPES = ('circle', 'rectangle', 'triangle')

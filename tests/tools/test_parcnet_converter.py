@@ -9,7 +9,7 @@ import torch
 from conftest import PARCNET_FIXTURE, ROOT
 
 from mmfalcon.models.backbones.parcnet import ParCNet
-from mmfalcon.models.backbones.parcnet_convert import (
+from mmfalcon.converters.parcnet_official import (
     convert_official_parcnet, detect_parcnet_arch, drop_official_extras,
     unwrap_official_checkpoint)
 

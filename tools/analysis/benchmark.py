@@ -16,7 +16,7 @@ import mmfalcon
 from mmfalcon.analysis import (BenchmarkRow, count_flops, count_params,
                                format_table, measure_latency)
 from mmfalcon.deployment.wrapper import TensorForward, input_size_from_config
-from mmfalcon.engine import init_model
+from mmfalcon.apis import init_model
 from mmfalcon.models import FalconNet, ParCNet
 
 CONFIGS = ('ssdlite_falcon_coco.py', 'ssdlite_parcnet_coco.py',
@@ -25,7 +25,7 @@ CONFIG_DIR = osp.join(osp.dirname(__file__), '..', '..', 'configs')
 
 
 def fused(model, sfconv_impl=None):
-    model = mmfalcon.switch_to_deploy(copy.deepcopy(model))
+    model = mmfalcon.fuse_model(copy.deepcopy(model))
     model.eval()
     if sfconv_impl is not None:
         for module in model.modules():

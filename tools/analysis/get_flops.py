@@ -14,7 +14,7 @@ from mmengine.config import Config, DictAction
 from mmfalcon.analysis.benchmark import format_table
 from mmfalcon.analysis.complexity import measure_complexity
 from mmfalcon.deployment import input_size_from_config
-from mmfalcon.engine import init_model
+from mmfalcon.apis import init_model
 
 
 def parse_args():

@@ -10,7 +10,7 @@ import argparse
 import os.path as osp
 
 from mmfalcon.apis import draw_result, inference
-from mmfalcon.engine import init_model
+from mmfalcon.apis import init_model
 
 
 def parse_args():

@@ -13,7 +13,7 @@ import os.path as osp
 
 from mmfalcon.deployment import (DEFAULT_OPSET, check_onnx, export_onnx,
                                  input_size_from_config)
-from mmfalcon.engine import init_model
+from mmfalcon.apis import init_model
 
 
 def parse_args():

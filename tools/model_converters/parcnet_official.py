@@ -8,7 +8,7 @@ import os.path as osp
 
 import torch
 
-from mmfalcon.models.backbones.parcnet_convert import (
+from mmfalcon.converters.parcnet_official import (
     convert_official_parcnet, detect_parcnet_arch, drop_official_extras,
     unwrap_official_checkpoint)
 

@@ -3,6 +3,8 @@ import warnings
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..fusion import fuse_model, is_fused
+
 
 def default_init_cfg(init_cfg, pretrained):
     """mmseg copies a model-level ``pretrained`` into the backbone config;
@@ -73,8 +75,12 @@ class FusableBackbone(BaseModule):
                     module.eval()
         return self
 
+    @property
+    def deploy(self) -> bool:
+        """Whether every fusable layer is fused (mmpretrain's name)."""
+        return is_fused(self)
+
     def switch_to_deploy(self):
-        """Fuse every re-parameterizable layer in place (idempotent)."""
-        # Imported here: mmfalcon.engine imports the layers of this package.
-        from mmfalcon.engine import switch_to_deploy
-        switch_to_deploy(self)
+        """Fuse in place (idempotent); mmpretrain's name for
+        :func:`mmfalcon.fuse_model`."""
+        fuse_model(self)

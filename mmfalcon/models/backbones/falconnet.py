@@ -206,7 +206,6 @@ class FalconNet(FusableBackbone):
         self.out_stride = out_stride
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self.deploy = deploy
         block_type, block_kwargs = self._parse_block(block)
 
         self.stem = LightNetStem(widths[0], int(widths[0] * stem_ratio),

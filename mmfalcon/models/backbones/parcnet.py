@@ -5,7 +5,7 @@ from mmengine.registry import MODELS
 
 from ..layers.inverted_residual import InvertedResidual
 from ..layers.parc import ParCOuterFrame
-from ..layers.reparam import ConvNorm
+from ..layers.conv_norm import ConvNorm
 from .base import FusableBackbone, default_init_cfg
 
 # MV2 expansion of every inverted residual in ParC-Net (spec 3).
@@ -112,7 +112,6 @@ class ParCNet(FusableBackbone):
         self.frozen_stages = frozen_stages
         self.out_stride = out_stride
         self.norm_eval = norm_eval
-        self.deploy = deploy
 
         common = dict(norm_cfg=norm_cfg, deploy=deploy)
         channels = self.arch['stem_channels']

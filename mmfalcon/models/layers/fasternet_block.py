@@ -2,7 +2,7 @@ import torch
 import torch.nn as nn
 from mmcv.cnn.bricks import DropPath
 
-from .reparam import ConvNorm
+from .conv_norm import ConvNorm
 
 
 class FasterNetBlock(nn.Module):

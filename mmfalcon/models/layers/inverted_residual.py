@@ -1,6 +1,6 @@
 import torch.nn as nn
 
-from .reparam import ConvNorm
+from .conv_norm import ConvNorm
 
 
 class InvertedResidual(nn.Module):

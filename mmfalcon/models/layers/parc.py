@@ -2,7 +2,7 @@
 outer frame (ParC-Net spec, ``shared/design/parcnet.md`` sections 1-3, 5).
 
 Every layer with a BN in front of a linear op is a
-:class:`Reparameterizable`, so :func:`mmfalcon.switch_to_deploy` folds the
+:class:`FusableLayer`, so :func:`mmfalcon.fuse_model` folds the
 whole stage into convolutions with biases and cached bias maps.
 """
 import contextlib
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmengine.registry import MODELS
 
-from .reparam import ConvNorm, Reparameterizable, bn_scale_shift, fuse_conv_bn
+from ..fusion import FusableLayer, bn_scale_shift, fold_conv_bn
+from .conv_norm import ConvNorm
 
 # The channel attention gate is PyTorch's Hardsigmoid; mmcv's ``HSigmoid``
 # computes the same function but warns on every construction.
@@ -163,7 +164,7 @@ class ParCFused(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
 
-class ParC(Reparameterizable):
+class ParC(FusableLayer):
     """Position aware circular convolution (spec 1; "gcc" in the official
     code): [+PE] -> [norm] -> depthwise global circular conv along H or W.
 
@@ -238,7 +239,7 @@ class ParC(Reparameterizable):
         return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deployed:
+        if self.is_fused:
             return self.fused(x)
         length = x.shape[self.dim]
         if self.pe is not None:
@@ -249,7 +250,7 @@ class ParC(Reparameterizable):
                              self.dim)
 
 
-class PreNormConv(Reparameterizable):
+class PreNormConv(FusableLayer):
     """Norm -> 1x1 conv (-> norm) (-> act); fuses into one 1x1 conv (spec 5).
 
     Serves the FFN input layer (BN -> 1x1 + bias -> Hardswish) and the outer
@@ -292,11 +293,11 @@ class PreNormConv(Reparameterizable):
             self.pre_norm, self.conv.weight, self.conv.bias,
             self.conv_args['groups'])
         if self.norm is not None:
-            weight, bias = fuse_conv_bn(weight, bias, self.norm)
+            weight, bias = fold_conv_bn(weight, bias, self.norm)
         return dict(weight=weight, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deployed:
+        if self.is_fused:
             x = self.fused(x)
         else:
             x = self.conv(self.pre_norm(x))

@@ -1,11 +1,11 @@
 import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 
-from .reparam import (Reparameterizable, bn_scale_shift, fuse_conv_bn,
+from ..fusion import (FusableLayer, bn_scale_shift, fold_conv_bn,
                       identity_kernel, pad_kernel)
 
 
-class RepSO(Reparameterizable):
+class RepSO(FusableLayer):
     """Re-parameterizable spatial operator (FalconNet spec section 3).
 
     Training: N parallel 3x3 depthwise convs, a 1x3, a 3x1 and a 1x1
@@ -59,13 +59,13 @@ class RepSO(Reparameterizable):
 
     def _fused_state(self):
         c = self.channels
-        w3, b3 = fuse_conv_bn(self.conv3x3.weight, None, self.bn3x3)
+        w3, b3 = fold_conv_bn(self.conv3x3.weight, None, self.bn3x3)
         weight = w3.reshape(c, self.num_3x3, 1, 3, 3).sum(1)
         bias = b3.reshape(c, self.num_3x3).sum(1)
         for conv, bn in ((self.conv1x3, self.bn1x3),
                          (self.conv3x1, self.bn3x1),
                          (self.conv1x1, self.bn1x1)):
-            w, b = fuse_conv_bn(conv.weight, None, bn)
+            w, b = fold_conv_bn(conv.weight, None, bn)
             weight = weight + pad_kernel(w, (3, 3))
             bias = bias + b
         if self.identity is not None:
@@ -76,7 +76,7 @@ class RepSO(Reparameterizable):
         return dict(weight=weight, bias=bias)
 
     def forward(self, x):
-        if self.deployed:
+        if self.is_fused:
             return self.fused(x)
         out = self.bn3x3(self.conv3x3(x))
         n, _, h, w = out.shape

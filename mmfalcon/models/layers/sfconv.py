@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 
-from .reparam import Reparameterizable, fuse_conv_bn
+from ..fusion import FusableLayer, fold_conv_bn
 
 
 def sfconv_params(in_channels: int, out_channels: int, window: int,
@@ -85,7 +85,7 @@ class FactorizedPointwise(nn.Module):
         return out.reshape(n, self.out_channels, h, w)
 
 
-class SFConv(Reparameterizable):
+class SFConv(FusableLayer):
     """Sparse factorized 1x1 conv with full receptive range (spec 4.1-4.4).
 
     A grouped 1x1 conv C_in -> C_in/R (G = C_in/K windows), a channel
@@ -154,7 +154,7 @@ class SFConv(Reparameterizable):
         return x.reshape(n, -1, h, w)
 
     def _fold(self, conv, bn, groups):
-        weight, bias = fuse_conv_bn(conv.weight, None, bn)
+        weight, bias = fold_conv_bn(conv.weight, None, bn)
         m = self.num_branches
         weight = weight.reshape(groups, m, -1, *weight.shape[1:]).sum(1)
         bias = bias.reshape(groups, m, -1).sum(1)
@@ -166,7 +166,7 @@ class SFConv(Reparameterizable):
         return dict(weight1=w1, bias1=b1, weight2=w2, bias2=b2)
 
     def forward(self, x):
-        if self.deployed:
+        if self.is_fused:
             return self.fused(x)
         hid = self._sum_branches(self.bn1(self.conv1(x)), self.groups)
         n, _, h, w = hid.shape

@@ -1,16 +1,19 @@
-"""Re-parameterization building blocks shared by every fusable layer.
+"""Fusion (re-parameterization): the folding helpers, the layer mixin and
+the walker that fuses a whole model.
 
-One folding helper set (conv+BN, BN alone, identity, kernel padding) and one
-mixin, :class:`Reparameterizable`, that every layer with a training form and
-a fused (deploy) form inherits. The fused form always lives in a child named
-``fused``, which lets the mixin tell fused and unfused checkpoints apart.
+One folding helper set (conv+BN, BN alone, identity, kernel padding); one
+mixin, :class:`FusableLayer`, that every layer with a training form and a
+fused (deploy) form inherits, whose fused form always lives in a child named
+``fused`` (which tells fused and unfused checkpoints apart); and
+:func:`fuse_model`, which knows no model by name.
 """
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import ConvModule
+from mmcv.cnn import fuse_conv_bn as fold_conv_norm_children
 
 FUSED = 'fused'
 
@@ -22,7 +25,7 @@ def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm
     return scale, bn.bias - bn.running_mean * scale
 
 
-def fuse_conv_bn(weight: torch.Tensor, bias: Optional[torch.Tensor],
+def fold_conv_bn(weight: torch.Tensor, bias: Optional[torch.Tensor],
                  bn: nn.modules.batchnorm._BatchNorm
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fold an eval-mode BN that follows a conv into the conv's weight/bias."""
@@ -51,7 +54,7 @@ def pad_kernel(kernel: torch.Tensor, kernel_size: Tuple[int, int]
     return F.pad(kernel, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
 
 
-class Reparameterizable(nn.Module):
+class FusableLayer(nn.Module):
     """Mixin for a layer that has a training form and a fused deploy form.
 
     Subclasses implement :meth:`_make_fused` (the empty fused module) and
@@ -61,7 +64,7 @@ class Reparameterizable(nn.Module):
     _branch_names: Sequence[str] = ()
 
     @property
-    def deployed(self) -> bool:
+    def is_fused(self) -> bool:
         return FUSED in self._modules
 
     def _make_fused(self) -> nn.Module:
@@ -71,9 +74,9 @@ class Reparameterizable(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def switch_to_deploy(self) -> None:
+    def fuse(self) -> None:
         """Replace the training branches by the fused layer (idempotent)."""
-        if self.deployed:
+        if self.is_fused:
             return
         ref = next(self.parameters())
         fused = self._make_fused().to(device=ref.device, dtype=ref.dtype)
@@ -89,63 +92,68 @@ class Reparameterizable(nn.Module):
         ckpt_fused = any(k.startswith(prefix + FUSED + '.') for k in keys)
         ckpt_unfused = any(not k.startswith(prefix + FUSED + '.') for k in keys)
         name = prefix.rstrip('.') or type(self).__name__
-        if ckpt_fused and not self.deployed:
+        if ckpt_fused and not self.is_fused:
             raise RuntimeError(
                 f'The checkpoint holds the fused (deploy) form of {name!r} '
                 'but the model is unfused. Build the model with deploy=True '
-                'or call mmfalcon.switch_to_deploy(model) before loading.')
-        if ckpt_unfused and not ckpt_fused and self.deployed:
+                'or call mmfalcon.fuse_model(model) before loading.')
+        if ckpt_unfused and not ckpt_fused and self.is_fused:
             raise RuntimeError(
                 f'The checkpoint holds the unfused (training) form of '
                 f'{name!r} but the model is fused. Load it into an unfused '
-                'model first, then call mmfalcon.switch_to_deploy(model).')
+                'model first, then call mmfalcon.fuse_model(model).')
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class ConvNorm(Reparameterizable):
-    """Conv + norm (+ activation); fuses into a single conv with bias.
+def _foreign_fuse(module: nn.Module) -> Optional[Callable[[], None]]:
+    """The fusing method of a layer from another library: mmpretrain's
+    ``switch_to_deploy()`` or timm's ``reparameterize()``. mmfalcon's own
+    modules fuse through :class:`FusableLayer` only."""
+    if type(module).__module__.split('.')[0] == 'mmfalcon':
+        return None
+    for name in ('switch_to_deploy', 'reparameterize'):
+        method = getattr(module, name, None)
+        if callable(method):
+            return method
+    return None
 
-    Args:
-        in_channels (int): Input channels.
-        out_channels (int): Output channels.
-        kernel_size (int | tuple): Kernel size.
-        stride (int): Stride. Defaults to 1.
-        padding (int | tuple | None): Padding; ``None`` keeps the size
-            ("same" for odd kernels, dilation aware). Defaults to None.
-        dilation (int): Dilation. Defaults to 1.
-        groups (int): Groups. Defaults to 1.
-        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
-        act_cfg (dict | None): Activation config, ``None`` for none.
-            Defaults to None.
-        deploy (bool): Build the fused form directly. Defaults to False.
+
+def _folds_norm_after_conv(module: nn.Module) -> bool:
+    """A ConvModule whose norm runs right after its conv (not pre-norm)."""
+    if not isinstance(module, ConvModule) or not module.with_norm:
+        return False
+    return module.order.index('conv') < module.order.index('norm')
+
+
+@torch.no_grad()
+def fuse_model(model: nn.Module) -> nn.Module:
+    """Fuse ``model`` in place for inference; works on any model.
+
+    Inner layers before the layers that contain them: mmfalcon layers fuse
+    themselves, layers of other libraries are asked to through their own
+    ``switch_to_deploy()`` / ``reparameterize()``, and every remaining
+    Conv+BN pair of an mmcv ``ConvModule`` (necks, heads) is folded by
+    mmcv's ``fuse_conv_bn``. Fusing folds BN running statistics, so the
+    result computes the eval-mode function. Knows no model by name, sets no
+    attribute on modules it does not own, and is idempotent.
+
+    Returns:
+        nn.Module: ``model``, for chaining.
     """
-    _branch_names = ('conv', 'bn')
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1,
-                 padding=None, dilation=1, groups=1,
-                 norm_cfg=dict(type='BN'), act_cfg=None, deploy=False):
-        super().__init__()
-        kernel_size = nn.modules.utils._pair(kernel_size)
-        if padding is None:
-            padding = tuple(dilation * (k - 1) // 2 for k in kernel_size)
-        self.conv_args = dict(
-            in_channels=in_channels, out_channels=out_channels,
-            kernel_size=kernel_size, stride=stride, padding=padding,
-            dilation=dilation, groups=groups)
-        if deploy:
-            self.fused = self._make_fused()
+    for module in reversed(list(model.modules())):
+        if isinstance(module, FusableLayer):
+            module.fuse()
         else:
-            self.conv = nn.Conv2d(**self.conv_args, bias=False)
-            self.bn = build_norm_layer(norm_cfg, out_channels)[1]
-        self.act = build_activation_layer(act_cfg) if act_cfg else None
+            method = _foreign_fuse(module)
+            if method is not None:
+                method()
+    for module in list(model.modules()):
+        if _folds_norm_after_conv(module):
+            fold_conv_norm_children(module)
+    return model
 
-    def _make_fused(self):
-        return nn.Conv2d(**self.conv_args, bias=True)
 
-    def _fused_state(self):
-        weight, bias = fuse_conv_bn(self.conv.weight, None, self.bn)
-        return dict(weight=weight, bias=bias)
-
-    def forward(self, x):
-        x = self.fused(x) if self.deployed else self.bn(self.conv(x))
-        return self.act(x) if self.act is not None else x
+def is_fused(model: nn.Module) -> bool:
+    """True when ``model`` holds mmfalcon fusable layers, all fused."""
+    layers = [m for m in model.modules() if isinstance(m, FusableLayer)]
+    return bool(layers) and all(m.is_fused for m in layers)

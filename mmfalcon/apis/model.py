@@ -5,8 +5,8 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import load_checkpoint
 
-from .checkpoint import prepare_to_load
-from .deploy import switch_to_deploy
+from mmfalcon.engine.checkpoint import prepare_to_load
+from mmfalcon.models import fuse_model
 
 
 def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
@@ -27,6 +27,6 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
         if 'dataset_meta' in meta:
             model.dataset_meta = dict(meta['dataset_meta'])
     if fuse:
-        switch_to_deploy(model)
+        fuse_model(model)
     model.cfg = cfg
     return model.to(device).eval()

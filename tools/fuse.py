@@ -1,12 +1,12 @@
 """Write a fused (re-parameterized) checkpoint of any mmfalcon model.
 
-Usage: python tools/reparameterize.py CONFIG CHECKPOINT OUT
+Usage: python tools/fuse.py CONFIG CHECKPOINT OUT
 """
 import argparse
 import os.path as osp
 
-from mmfalcon.engine import (init_model, is_fused_checkpoint,
-                             save_fused_checkpoint)
+from mmfalcon.apis import init_model
+from mmfalcon.engine import is_fused_checkpoint, save_fused_checkpoint
 
 
 def main():

@@ -1,10 +1,9 @@
 """Convert official ParC-Net (hkzhang91/ParC-Net, "edgeformer") weights to
 :class:`~mmfalcon.models.backbones.parcnet.ParCNet` key names.
 
-The key scheme is described in ``shared/reference/README.md``. The official
-model stores the last stage's downsampling MV2 block twice (``residual.*``
-aliases ``layer_5.0.*``) and has a classifier; neither belongs in a
-backbone checkpoint.
+The official model stores the last stage's downsampling MV2 block twice
+(``residual.*`` aliases ``layer_5.0.*``) and has a classifier; neither
+belongs in a backbone checkpoint.
 """
 import re
 from collections import OrderedDict
@@ -12,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .parcnet import ParCNet
+from mmfalcon.models import ParCNet
 
 _CONV = {'conv': 'conv', 'norm': 'bn'}
 _MV2 = {'exp_1x1': 'expand', 'conv_3x3': 'depthwise', 'red_1x1': 'project'}
