@@ -1,4 +1,17 @@
+"""mmfalcon's setup: OpenMMLab layout, configs and tools shipped in the wheel.
+
+Like mmdet's, the wheel carries ``mmfalcon/.mim/{configs,tools,
+model-index.yml}`` so that ``mim`` and mmengine's ``mmfalcon::`` config
+prefix find them in an installed package; an editable install links them.
+"""
+import os
+import os.path as osp
+import shutil
+import sys
+
 from setuptools import find_packages, setup
+
+MIM_FILES = ('configs', 'tools', 'model-index.yml')
 
 
 def read_version():
@@ -10,20 +23,54 @@ def read_version():
 
 def read_requirements(path):
     with open(path) as f:
-        return [line.strip() for line in f
-                if line.strip() and not line.startswith('#')]
+        return [line.split('#')[0].strip() for line in f
+                if line.split('#')[0].strip()]
 
 
+def add_mim_extension():
+    """Put configs, tools and model-index.yml under ``mmfalcon/.mim``:
+    copies for a wheel or sdist, links for an editable install."""
+    if {'develop', 'editable_wheel'} & set(sys.argv):
+        mode = 'symlink'
+    elif {'sdist', 'bdist_wheel', 'build', 'build_py'} & set(sys.argv):
+        mode = 'copy'
+    else:
+        return
+    root = osp.dirname(osp.abspath(__file__))
+    mim_dir = osp.join(root, 'mmfalcon', '.mim')
+    os.makedirs(mim_dir, exist_ok=True)
+    for name in MIM_FILES:
+        src, dst = osp.join(root, name), osp.join(mim_dir, name)
+        if osp.islink(dst) or osp.isfile(dst):
+            os.remove(dst)
+        elif osp.isdir(dst):
+            shutil.rmtree(dst)
+        if mode == 'symlink':
+            os.symlink(osp.relpath(src, mim_dir), dst)
+        elif osp.isdir(src):
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns(
+                '__pycache__', '*.pyc'))
+        else:
+            shutil.copyfile(src, dst)
+
+
+add_mim_extension()
 setup(
     name='mmfalcon',
     version=read_version(),
     description='FalconNet and ParC-Net lightweight backbones for '
     'MMDetection and MMSegmentation',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
     packages=find_packages(exclude=('configs', 'tools', 'tests')),
+    include_package_data=True,
+    package_data={'mmfalcon': ['.mim/**/*', '.mim/*']},
     python_requires='>=3.8',
-    install_requires=['mmcv>=2.0.0,<2.2.0'] +
-    read_requirements('requirements/runtime.txt'),
+    install_requires=read_requirements('requirements/runtime.txt'),
     extras_require=dict(
-        tests=read_requirements('requirements/tests.txt'),
-        deploy=['onnx', 'onnxruntime']),
+        det=read_requirements('requirements/det.txt'),
+        seg=read_requirements('requirements/seg.txt'),
+        deploy=read_requirements('requirements/deploy.txt'),
+        tests=read_requirements('requirements/tests.txt')),
+    zip_safe=False,
 )

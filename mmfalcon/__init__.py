@@ -1,7 +1,10 @@
-from . import compat  # noqa: F401  (applies the stack fixes on import)
-from . import fileio  # noqa: F401  (registers the checkpoint loader)
-from . import datasets  # noqa: F401  (registers the VOC dataset)
-from .models import fuse_model, is_fused
-from .version import __version__
+from .compat import check_versions
+
+check_versions()  # one clear line on an unsupported mmcv/mmengine/mmdet/mmseg
+
+from . import datasets  # noqa: E402,F401  (registers the VOC dataset)
+from . import fileio  # noqa: E402,F401  (registers the checkpoint loader)
+from .models import fuse_model, is_fused  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = ['__version__', 'fuse_model', 'is_fused']

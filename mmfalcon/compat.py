@@ -1,24 +1,49 @@
-"""Compatibility fixes for the pinned OpenMMLab stack, applied on import.
+"""What the installed OpenMMLab stack needs, decided by version.
 
-mmdet 3.3.0's ``SSDHead`` skips ``AnchorHead.__init__`` and never sets
-    ``loss_cls``, which ``BaseDenseHead._predict_by_feat_single`` reads, so
-SSD cannot predict (mmdet#11063, #11305, #11780). Our configs use
-    :class:`PredictableSSDHead` instead.
+* :func:`check_versions` stops ``import mmfalcon`` on an unsupported mmcv,
+  mmengine, mmdet or mmseg with one line (mmdet and mmseg are checked only
+  when installed).
+* :func:`ssd_head_cannot_predict`: mmdet <= 3.3.0's ``SSDHead`` skips
+  ``AnchorHead.__init__`` and never sets ``loss_cls``, which
+  ``BaseDenseHead._predict_by_feat_single`` reads, so SSD cannot predict
+  (mmdet#11063, #11305, #11780); ``PredictableSSDHead`` fixes it there only.
 """
-try:
-    from mmdet.models.dense_heads import SSDHead
-    from mmdet.registry import MODELS as MMDET_MODELS
-except ImportError:  # mmdet is optional for segmentation-only users
-    SSDHead = None
+import importlib
+import importlib.util
+from typing import Optional
 
-if SSDHead is not None:
+from mmengine.utils import digit_version
 
-    @MMDET_MODELS.register_module()
-    class PredictableSSDHead(SSDHead):
-        """mmdet's ``SSDHead`` that can run prediction (see module doc).
+from .version import OPTIONAL_PACKAGES, SUPPORTED_VERSIONS
 
-        SSD computes its classification loss itself, so there is no
-        ``loss_cls`` module; ``None`` tells the shared prediction code to
-        use the plain softmax of ``use_sigmoid_cls=False``.
-        """
-        loss_cls = None
+# The last mmdet release whose SSDHead cannot predict.
+SSD_HEAD_LAST_BROKEN = '3.3.0'
+
+
+def installed_version(package: str) -> Optional[str]:
+    """``package.__version__``, or None when an optional package is absent.
+
+    An ImportError raised inside an installed package propagates.
+    """
+    if (package in OPTIONAL_PACKAGES
+            and importlib.util.find_spec(package) is None):
+        return None
+    return importlib.import_module(package).__version__
+
+
+def check_versions() -> None:
+    """Raise ImportError naming the first unsupported installed package."""
+    for package, (dist, minimum, maximum) in SUPPORTED_VERSIONS.items():
+        version = installed_version(package)
+        if version is None:
+            continue
+        if not (digit_version(minimum) <= digit_version(version) <
+                digit_version(maximum)):
+            raise ImportError(
+                f'mmfalcon does not support {dist}=={version}: it needs '
+                f'{dist}>={minimum},<{maximum}.')
+
+
+def ssd_head_cannot_predict(mmdet_version: str) -> bool:
+    """Whether mmdet ``mmdet_version``'s ``SSDHead`` lacks ``loss_cls``."""
+    return digit_version(mmdet_version) <= digit_version(SSD_HEAD_LAST_BROKEN)

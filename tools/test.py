@@ -32,7 +32,7 @@ def main():
     cfg.load_from = args.checkpoint
     if not args.no_fuse:
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
-            dict(type='FuseHook')
+            dict(type='mmfalcon.FuseHook')
         ]
     else:
         print_log('--no-fuse: testing the unfused model.', logger='current')

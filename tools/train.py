@@ -2,9 +2,8 @@
 import argparse
 import os.path as osp
 
-from mmengine.logging import print_log
-
-from mmfalcon.engine.cli import add_common_args, build_runner, load_config
+from mmfalcon.engine.cli import (add_common_args, build_runner, enable_amp,
+                                 load_config)
 
 
 def parse_args():
@@ -24,13 +23,10 @@ def parse_args():
 def main():
     args = parse_args()
     cfg = load_config(args)
-    if args.amp:
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
-            print_log('AMP is already enabled in the config.',
-                      logger='current')
-        else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
+    # a config asking for AmpOptimWrapper on a CPU machine goes through
+    # enable_amp too, which makes it trainable there
+    if args.amp or cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':
+        enable_amp(cfg)
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in (
                 cfg.auto_scale_lr):

@@ -1,7 +1,7 @@
-# Runtime shared by the segmentation configs (mmseg's defaults, plus the
-# import that registers mmfalcon's backbones, datasets and compat fixes).
+# Runtime shared by the segmentation configs: mmseg's defaults. mmfalcon's
+# modules are named with their scope ('mmfalcon.FalconNet'), which imports
+# mmfalcon when the config is built: no custom_imports needed.
 default_scope = 'mmseg'
-custom_imports = dict(imports=['mmfalcon.models'], allow_failed_imports=False)
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),

@@ -2,13 +2,14 @@
 import os.path as osp
 
 from mmseg.datasets import PascalVOCDataset
-from mmseg.registry import DATASETS
+
+from mmfalcon.registry import DATASETS, register
 
 README_SECTION = ("README.md, section 'Preparing PASCAL VOC 2012 + SBD "
                   "(aug)'")
 
 
-@DATASETS.register_module()
+@register(DATASETS)
 class CheckedPascalVOCDataset(PascalVOCDataset):
     """mmseg's ``PascalVOCDataset`` that first checks its files exist.
 

@@ -113,6 +113,28 @@ def _cpu_distributed(cfg: Config) -> None:
         torch_dist.init_process_group(backend=dist_cfg.backend, **kwargs)
 
 
+def enable_amp(cfg: Config) -> None:
+    """Train the config in mixed precision: mmengine's ``AmpOptimWrapper``
+    (float16, dynamic loss scale) with CUDA, else bfloat16 autocast on the
+    CPU (:class:`~mmfalcon.engine.CPUAmpOptimWrapper`), where mmengine's
+    wrapper would stop the run with an assertion."""
+    wrapper = cfg.optim_wrapper
+    if torch.cuda.is_available():
+        if wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+            print_log('AMP is already enabled in the config.',
+                      logger='current')
+        else:
+            wrapper.type = 'AmpOptimWrapper'
+            wrapper.loss_scale = 'dynamic'
+        return
+    # the float16 wrapper's own arguments do not apply to bfloat16
+    for key in ('loss_scale', 'dtype', 'use_fsdp'):
+        wrapper.pop(key, None)
+    wrapper.type = 'mmfalcon.CPUAmpOptimWrapper'
+    print_log('CUDA is unavailable: AMP trains in bfloat16 autocast on the '
+              'CPU.', logger='current')
+
+
 def build_runner(cfg: Config) -> Runner:
     """Build the runner the config asks for (``runner_type``)."""
     if 'runner_type' in cfg:

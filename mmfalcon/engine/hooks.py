@@ -1,13 +1,13 @@
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
 
-from .checkpoint import prepare_to_load
 from mmfalcon.models import fuse_model, is_fused
+from mmfalcon.registry import HOOKS, register
+from .checkpoint import prepare_to_load
 
 
-@HOOKS.register_module()
+@register(HOOKS)
 class FuseHook(Hook):
     """Test with fused (re-parameterized) weights.
 

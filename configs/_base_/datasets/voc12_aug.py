@@ -1,7 +1,7 @@
 # PASCAL VOC 2012 + SBD "aug" (mmseg's pascal_voc12_aug layout) under
 # data/VOCdevkit/VOC2012; README.md explains how to build it. The dataset
 # class checks the files exist and names what is missing.
-dataset_type = 'CheckedPascalVOCDataset'
+dataset_type = 'mmfalcon.CheckedPascalVOCDataset'
 data_root = 'data/VOCdevkit/VOC2012'
 crop_size = (512, 512)
 train_pipeline = [

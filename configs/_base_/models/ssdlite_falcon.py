@@ -11,7 +11,7 @@ model = dict(
     type='SingleStageDetector',
     data_preprocessor=data_preprocessor,
     backbone=dict(
-        type='FalconNet',
+        type='mmfalcon.FalconNet',
         arch='base',
         out_indices=(2, 3),
         norm_cfg=norm_cfg),
@@ -28,7 +28,7 @@ model = dict(
         init_cfg=dict(type='TruncNormal', layer='Conv2d', std=0.03)),
     bbox_head=dict(
         # mmdet's SSDHead cannot predict in mmdet 3.3.0; see mmfalcon.compat
-        type='PredictableSSDHead',
+        type='mmfalcon.PredictableSSDHead',
         in_channels=(128, 256, 512, 256, 256, 128),
         num_classes=80,
         use_depthwise=True,

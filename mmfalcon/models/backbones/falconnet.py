@@ -6,8 +6,8 @@ import torch.nn as nn
 from mmcv.cnn import build_activation_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.logging import print_log
-from mmengine.registry import MODELS
 
+from mmfalcon.registry import MODELS, register
 from ..layers import (ConvNorm, FasterNetBlock, InvertedResidual, RefCO,
                       RepSO, best_window)
 from .base import FusableBackbone, default_init_cfg
@@ -119,7 +119,7 @@ class LightNetStem(nn.Module):
         return self.down_conv(self.pw_conv(x))
 
 
-@MODELS.register_module()
+@register(MODELS)
 class FalconNet(FusableBackbone):
     """FalconNet / LightNet backbone (FalconNet spec sections 1-5).
 

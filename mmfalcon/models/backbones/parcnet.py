@@ -1,18 +1,18 @@
 from typing import Sequence, Union
 
 import torch.nn as nn
-from mmengine.registry import MODELS
 
+from mmfalcon.registry import MODELS, register
+from ..layers.conv_norm import ConvNorm
 from ..layers.inverted_residual import InvertedResidual
 from ..layers.parc import ParCOuterFrame
-from ..layers.conv_norm import ConvNorm
 from .base import FusableBackbone, default_init_cfg
 
 # MV2 expansion of every inverted residual in ParC-Net (spec 3).
 MV2_EXPAND_RATIO = 4
 
 
-@MODELS.register_module()
+@register(MODELS)
 class ParCNet(FusableBackbone):
     """ParC-Net backbone (ParC-Net spec section 3; ECCV 2022, "ParC-Net:
     Position Aware Circular Convolution with Merits from ConvNets and

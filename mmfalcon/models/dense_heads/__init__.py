@@ -1,0 +1,3 @@
+from .ssd_head import PredictableSSDHead
+
+__all__ = ['PredictableSSDHead']
