@@ -7,6 +7,7 @@ fused (deploy) form inherits, whose fused form always lives in a child named
 ``fused`` (which tells fused and unfused checkpoints apart); and
 :func:`fuse_model`, which knows no model by name.
 """
+import inspect
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -113,7 +114,13 @@ def _foreign_fuse(module: nn.Module) -> Optional[Callable[[], None]]:
         return None
     for name in ('switch_to_deploy', 'reparameterize'):
         method = getattr(module, name, None)
-        if callable(method):
+        # a method of that name that needs arguments (a VAE's
+        # ``reparameterize(mu, logvar)``) is something else
+        if callable(method) and not any(
+                param.default is param.empty and param.kind in (
+                    param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD,
+                    param.KEYWORD_ONLY)
+                for param in inspect.signature(method).parameters.values()):
             return method
     return None
 

@@ -1,0 +1,125 @@
+"""fuse_model on a model it does not know: mmfalcon backbone, a foreign
+re-parameterizable layer and mmcv ConvModule heads."""
+import pytest
+import torch
+import torch.nn as nn
+from mmcv.cnn import ConvModule
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmfalcon import fuse_model
+from mmfalcon.models import FalconNet
+
+
+class ForeignRepBlock(nn.Module):
+    """A layer in the mmpretrain / timm convention: 3x3 + 1x1 branches with
+    BN, fused by its own ``method`` (``switch_to_deploy`` or
+    ``reparameterize``); it keeps a ``deploy`` flag of its own."""
+
+    def __init__(self, channels, method):
+        super().__init__()
+        self.deploy = False
+        self.calls = 0
+        self.branch3 = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels))
+        self.branch1 = nn.Sequential(
+            nn.Conv2d(channels, channels, 1, bias=False),
+            nn.BatchNorm2d(channels))
+        setattr(self, method, self._fuse)
+
+    def forward(self, x):
+        if self.deploy:
+            return self.fused(x)
+        return self.branch3(x) + self.branch1(x)
+
+    @torch.no_grad()
+    def _fuse(self):
+        self.calls += 1
+        if self.deploy:
+            return
+        weight = torch.zeros_like(self.branch3[0].weight)
+        bias = 0
+        for conv, bn in (self.branch3, self.branch1):
+            scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+            kernel = conv.weight * scale.reshape(-1, 1, 1, 1)
+            weight += nn.functional.pad(kernel, [(3 - kernel.shape[-1]) // 2] * 4)
+            bias = bias + bn.bias - bn.running_mean * scale
+        self.fused = nn.Conv2d(weight.shape[1], weight.shape[0], 3, padding=1)
+        self.fused.to(weight.dtype)
+        self.fused.weight.copy_(weight)
+        self.fused.bias.copy_(bias)
+        del self.branch3, self.branch1
+        self.deploy = True
+
+
+class Bystander(nn.Module):
+    """A foreign module with a ``deploy`` flag and no way to fuse; its
+    ``reparameterize`` is a VAE's, which takes arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.deploy = False
+
+    def reparameterize(self, mu, logvar):
+        raise AssertionError('not a fusing method: must not be called')
+
+    def forward(self, x):
+        return x
+
+
+class Mixed(nn.Module):
+
+    def __init__(self, method):
+        super().__init__()
+        self.backbone = FalconNet(arch='tiny', out_indices=(3, ))
+        channels = self.backbone.out_channels[0]
+        self.foreign = ForeignRepBlock(channels, method)
+        self.bystander = Bystander()
+        self.head = nn.Sequential(
+            ConvModule(channels, 16, 3, padding=1, norm_cfg=dict(type='BN')),
+            ConvModule(16, 16, 1, norm_cfg=dict(type='BN'),
+                       act_cfg=dict(type='ReLU6')),
+            nn.Conv2d(16, 4, 1))
+
+    def forward(self, x):
+        return self.head(self.bystander(self.foreign(self.backbone(x)[0])))
+
+
+def bn_count(model):
+    return sum(isinstance(m, _BatchNorm) for m in model.modules())
+
+
+@pytest.mark.parametrize('method', ['switch_to_deploy', 'reparameterize'])
+def test_fuse_any_model_exact_and_bn_free(method, randomize_bn):
+    model = randomize_bn(Mixed(method)).double().eval()
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(x)
+    assert bn_count(model) > 0
+    fuse_model(model)
+    with torch.no_grad():
+        after = model(x)
+    # float64: what is left is the rounding of a different summation order
+    rel = ((after - before).abs().max() / before.abs().max()).item()
+    assert rel < 1e-9
+    assert bn_count(model) == 0, [
+        name for name, m in model.named_modules() if isinstance(m, _BatchNorm)
+    ]
+    assert model.foreign.calls == 1 and model.foreign.deploy
+    assert model.bystander.deploy is False  # not ours: left alone
+    fuse_model(model)  # idempotent
+    with torch.no_grad():
+        assert torch.equal(model(x), after)
+
+
+def test_pre_norm_conv_module_is_left_unfolded(randomize_bn):
+    # Its BN runs before the conv: folding it into the conv would be wrong.
+    module = randomize_bn(
+        ConvModule(4, 4, 3, padding=1, norm_cfg=dict(type='BN'),
+                   order=('norm', 'conv', 'act'))).double().eval()
+    x = torch.randn(1, 4, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        before = module(x)
+        fuse_model(module)
+        assert torch.equal(module(x), before)
+    assert bn_count(module) == 1
