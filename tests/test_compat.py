@@ -1,26 +1,8 @@
 """The stack fixes in mmfalcon.compat; each test fails without its fix."""
-import numpy as np
 import pytest
 import torch
-from mmengine.logging import MessageHub
-from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmfalcon  # noqa: F401  (applies the fixes)
-
-
-def test_mmengine_checkpoint_loads_on_new_torch(tmp_path):
-    hub = MessageHub.get_instance('test_compat')
-    hub.update_scalar('train/loss', np.float64(0.5))
-    path = str(tmp_path / 'epoch_1.pth')
-    torch.save(dict(state_dict={'w': torch.ones(1)},
-                    message_hub=hub.state_dict(),
-                    meta=dict(seed=np.int64(3))), path)
-    # torch's own default refuses it; that is what the fix works around
-    with pytest.raises(Exception, match='(?i)weights.only'):
-        torch.load(path)
-    ckpt = _load_checkpoint(path, map_location='cpu')
-    assert ckpt['meta']['seed'] == 3
-    assert torch.equal(ckpt['state_dict']['w'], torch.ones(1))
 
 
 def _ssd_head_cfg(head_type):

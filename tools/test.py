@@ -8,7 +8,8 @@ import os.path as osp
 
 from mmengine.logging import print_log
 
-from mmfalcon.engine.cli import add_common_args, build_runner, load_config
+from mmfalcon.engine.cli import (add_common_args, build_runner, load_config,
+                                 run)
 
 
 def parse_args():
@@ -27,7 +28,7 @@ def parse_args():
 def main():
     args = parse_args()
     if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint {args.checkpoint}: no such file')
+        raise SystemExit(f'checkpoint {args.checkpoint}: no such file')
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
     if not args.no_fuse:
@@ -59,4 +60,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

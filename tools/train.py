@@ -2,8 +2,9 @@
 import argparse
 import os.path as osp
 
+from mmfalcon.engine.checkpoint import check_trainable, find_resume_checkpoint
 from mmfalcon.engine.cli import (add_common_args, build_runner, enable_amp,
-                                 load_config)
+                                 load_config, run)
 
 
 def parse_args():
@@ -34,13 +35,18 @@ def main():
                              'base_batch_size in the config.')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+        # mmengine would trust work_dir/last_checkpoint even when a crash
+        # cut that file off; None lets it start from scratch
+        cfg.resume = True
+        cfg.load_from = find_resume_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         if not osp.isfile(args.resume):
-            raise FileNotFoundError(f'--resume {args.resume}: no such file')
+            raise SystemExit(f'--resume {args.resume}: no such file')
         cfg.resume, cfg.load_from = True, args.resume
+    if cfg.get('load_from'):
+        check_trainable(cfg.load_from, resume=cfg.get('resume', False))
     build_runner(cfg).train()
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

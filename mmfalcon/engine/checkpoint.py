@@ -1,22 +1,35 @@
-"""Fused (deploy) checkpoints: plain state_dict + metadata, weights-only."""
+"""Fused (deploy) checkpoints: plain state_dict + metadata, weights-only;
+which checkpoint ``--resume`` continues from."""
+import glob
+import logging
+import os.path as osp
 from typing import Optional
 
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
-from mmfalcon.version import __version__
+from mmfalcon.fileio import (CheckpointError, checkpoint_is_complete,
+                             load_checkpoint_file)
 from mmfalcon.models import fuse_model, is_fused
+from mmfalcon.version import __version__
 
 FUSED_META_KEY = 'mmfalcon_fused'
 
 
 def _plain(value):
-    """Turn metadata into types ``torch.load(weights_only=True)`` accepts."""
+    """Turn metadata into types ``torch.load(weights_only=True)`` accepts,
+    keeping tuples tuples (mmengine's visualizers take a palette of color
+    tuples, not lists)."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, list):
         return [_plain(v) for v in value]
+    if hasattr(value, 'item') and getattr(value, 'ndim', None) == 0:
+        return _plain(value.item())  # a numpy / torch scalar
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
@@ -43,15 +56,63 @@ def save_fused_checkpoint(model: nn.Module, path: str,
 def is_fused_checkpoint(path: str) -> bool:
     """True when ``path`` was written by :func:`save_fused_checkpoint`.
 
-    Training checkpoints pickle objects that the weights-only loader
-    refuses, which already tells them apart; nothing untrusted is unpickled.
+    Loads through :func:`mmfalcon.fileio.load_checkpoint_file`, so a file
+    that is refused or truncated raises its error here.
     """
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception:  # noqa: BLE001 - any refusal means "not ours"
-        return False
-    return isinstance(ckpt, dict) and bool(
-        ckpt.get('meta', {}).get(FUSED_META_KEY))
+    ckpt = load_checkpoint_file(path, map_location='cpu')
+    return _fused_meta(ckpt) is not None
+
+
+def _fused_meta(ckpt) -> Optional[dict]:
+    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+    return meta if isinstance(meta, dict) and meta.get(FUSED_META_KEY) \
+        else None
+
+
+def check_trainable(path: str, resume: bool) -> None:
+    """Refuse to train from a fused checkpoint, which has neither the
+    training branches nor the optimizer state and counters to continue."""
+    meta = _fused_meta(load_checkpoint_file(path, map_location='cpu'))
+    if meta is not None:
+        source = meta.get('source_checkpoint')
+        raise CheckpointError(
+            f'{path} is a fused checkpoint: it holds only the deploy-time '
+            f'weights, without training branches, optimizer state or '
+            f'iteration count, so training cannot '
+            f'{"resume" if resume else "start"} from it. Use the training '
+            f'checkpoint it was fused from'
+            + (f' ({source})' if source else '') + '.')
+
+
+def find_resume_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint ``--resume`` without a path continues from.
+
+    mmengine takes the file named in ``work_dir/last_checkpoint``. A crash
+    while saving can leave that file or the newest checkpoint cut off, so
+    this returns the first complete one of: the named file, then the
+    work dir's ``epoch_*.pth`` / ``iter_*.pth``, newest first. Each
+    incomplete one is logged and skipped; None when none is complete.
+    """
+    candidates = []
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            candidates.append(f.read().strip())
+    candidates += sorted(
+        glob.glob(osp.join(work_dir, 'epoch_*.pth')) +
+        glob.glob(osp.join(work_dir, 'iter_*.pth')),
+        key=osp.getmtime, reverse=True)
+    seen = set()
+    for path in candidates:
+        if not path or path in seen or not osp.isfile(path):
+            continue
+        seen.add(path)
+        if checkpoint_is_complete(path):
+            return path
+        print_log(f'--resume: skipped {path}, which is not a complete '
+                  f'checkpoint (cut off by a crash while saving?).',
+                  logger='current', level=logging.WARNING)
+    return None
 
 
 def prepare_to_load(model: nn.Module, path: str) -> bool:

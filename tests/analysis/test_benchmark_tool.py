@@ -1,19 +1,14 @@
 """The benchmark script runs and fills every available row (a smoke test:
 speed is measured by the script itself, not asserted here)."""
-import os.path as osp
 import re
-import subprocess
-import sys
 
-from conftest import ROOT
+import pytest
 
 
-def test_benchmark_prints_a_complete_table():
-    out = subprocess.run([
-        sys.executable, osp.join(ROOT, 'tools', 'analysis', 'benchmark.py'),
-        '--runs', '1', '--warmup', '0', '--sizes', '96', '--no-models'
-    ], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
+@pytest.mark.slow
+def test_benchmark_prints_a_complete_table(run_tool):
+    out = run_tool('analysis/benchmark.py', '--runs', '1', '--warmup', '0',
+                   '--sizes', '96', '--no-models')
     rows = {}
     for line in out.stdout.splitlines():
         cells = re.split(r'\s{2,}', line.strip())

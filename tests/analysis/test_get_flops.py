@@ -1,20 +1,14 @@
 """Parameters and FLOPs, unfused and fused (tools/analysis/get_flops.py)."""
-import os.path as osp
-import subprocess
-import sys
-
-from conftest import ROOT, config_path
-
 from mmfalcon.analysis.complexity import (RATIO_COLUMNS, measure_complexity,
                                          unused_submodules)
 from mmfalcon.apis import init_model
 from mmfalcon.models import is_fused
 
-CONFIG = config_path('demo/ssdlite_falcon_shapes.py')
+DEMO = 'demo/ssdlite_falcon_shapes.py'
 
 
-def test_fused_is_smaller_for_falconnet():
-    model = init_model(CONFIG, None, fuse=False)
+def test_fused_is_smaller_for_falconnet(config_path):
+    model = init_model(config_path(DEMO), None, fuse=False)
     rows = measure_complexity(model, (1, 3, 128, 160))
     assert list(rows) == ['backbone unfused', 'backbone fused',
                           'model unfused', 'model fused']
@@ -29,12 +23,9 @@ def test_fused_is_smaller_for_falconnet():
     assert rows['model unfused'].params > rows['backbone unfused'].params
 
 
-def test_get_flops_tool():
-    out = subprocess.run([
-        sys.executable, osp.join(ROOT, 'tools', 'analysis', 'get_flops.py'),
-        CONFIG, '--shape', '96', '128', '--markdown'
-    ], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+def test_get_flops_tool(config_path, run_tool):
+    out = run_tool('analysis/get_flops.py', config_path(DEMO), '--shape',
+                   '96', '128', '--markdown')
     lines = out.stdout.splitlines()
     assert 'input [1, 3, 96, 128]' in lines[0]
     assert lines[1].startswith('| model | params (M) | FLOPs (G) |')

@@ -2,7 +2,7 @@
 is clearly above the untrained model's on the same images."""
 import os.path as osp
 
-from conftest import config_path
+import pytest
 from mmengine.config import Config
 from mmengine.runner import Runner
 
@@ -11,7 +11,8 @@ from mmfalcon.datasets import make_coco_shapes
 NUM_EPOCHS = 50
 
 
-def test_trained_map_clearly_above_untrained(tmp_path):
+@pytest.mark.slow
+def test_trained_map_clearly_above_untrained(tmp_path, config_path):
     root = str(tmp_path / 'shapes')
     make_coco_shapes(root, num_train=16, num_val=1, seed=2)
     cfg = Config.fromfile(config_path('demo/ssdlite_falcon_shapes.py'))

@@ -8,17 +8,16 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
-from conftest import ROOT, SINGLE_PROCESS_LOADERS, config_path
 from mmengine.config import Config
 
-from mmfalcon.datasets import make_coco_shapes
 from mmfalcon.apis import init_model
+from mmfalcon.datasets import make_coco_shapes
 from mmfalcon.engine.cli import _replace_sync_bn
+from mmfalcon.fileio import load_checkpoint_file
 
-CONFIG = config_path('demo/ssdlite_falcon_shapes.py')
-SMALL = ['train_cfg.max_epochs=1', 'train_dataloader.batch_size=2',
-         'default_hooks.logger.interval=1'] + SINGLE_PROCESS_LOADERS
+DEMO = 'demo/ssdlite_falcon_shapes.py'
 
 
 def free_port():
@@ -27,17 +26,23 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def test_dist_train_two_cpu_processes(tmp_path):
+@pytest.mark.slow
+def test_dist_train_two_cpu_processes(tmp_path, repo_root, config_path,
+                                      single_process_loaders):
+    config = config_path(DEMO)
     make_coco_shapes(str(tmp_path / 'data' / 'shapes_coco'), num_train=8,
                      num_val=2, seed=1)
     env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()),
                OMP_NUM_THREADS='1')
     out = subprocess.run([
-        'bash', osp.join(ROOT, 'tools', 'dist_train.sh'), CONFIG, '2',
-        '--work-dir', 'work', '--cfg-options', *SMALL,
+        'bash', osp.join(repo_root, 'tools', 'dist_train.sh'), config, '2',
+        '--work-dir', 'work', '--cfg-options', 'train_cfg.max_epochs=1',
+        'train_dataloader.batch_size=2', 'default_hooks.logger.interval=1',
+        *single_process_loaders,
         'model.backbone.norm_cfg.type=SyncBN'
     ], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     log = out.stdout + out.stderr
+    # both ranks exit cleanly (no abort at exit, see engine.cli.run)
     assert out.returncode == 0, log[-4000:]
     # both ranks applied the CPU fallback, then trained as one job
     assert log.count('distributed backend nccl -> gloo') == 2, log[-4000:]
@@ -47,18 +52,26 @@ def test_dist_train_two_cpu_processes(tmp_path):
     assert re.search(r'Epoch\(train\) \[1\]\[2/2\]', log), log[-4000:]
 
     ckpt = str(tmp_path / 'work' / 'epoch_1.pth')
-    state = torch.load(ckpt, map_location='cpu',
-                       weights_only=False)['state_dict']
-    model = init_model(CONFIG, ckpt, fuse=False)
+    state = load_checkpoint_file(ckpt)['state_dict']
+    model = init_model(config, ckpt, fuse=False)
     loaded = model.state_dict()
     assert set(loaded) == set(state)  # no "module." prefix, nothing missing
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
-    assert init_model(CONFIG, ckpt).dataset_meta['classes'] == (
+    assert init_model(config, ckpt).dataset_meta['classes'] == (
         'circle', 'rectangle', 'triangle')
 
+    env['PORT'] = str(free_port())
+    out = subprocess.run([
+        'bash', osp.join(repo_root, 'tools', 'dist_test.sh'), config, ckpt,
+        '2', '--work-dir', 'work', '--cfg-options', *single_process_loaders
+    ], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log), log[-4000:]
 
-def test_replace_sync_bn_anywhere_in_a_model_config():
-    cfg = Config.fromfile(CONFIG)
+
+def test_replace_sync_bn_anywhere_in_a_model_config(config_path):
+    cfg = Config.fromfile(config_path(DEMO))
     cfg.model.backbone.norm_cfg.type = 'SyncBN'
     cfg.model.neck.norm_cfg = dict(type='mmdet.MMSyncBN', eps=1e-3)
     assert _replace_sync_bn(cfg.model) == 2

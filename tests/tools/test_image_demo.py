@@ -1,27 +1,22 @@
 """tools/demo/image_demo.py and the inference helpers behind it."""
-import os.path as osp
-import subprocess
-import sys
-
 import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import ROOT, config_path
 from mmengine.config import Config
 
-from mmfalcon.apis import dataset_meta, model_task
+from mmfalcon.apis import dataset_meta, init_model, model_task
 from mmfalcon.datasets.synthetic_shapes import render_scene
-from mmfalcon.apis import init_model
 
-CONFIG = config_path('demo/ssdlite_falcon_shapes.py')
+DEMO = 'demo/ssdlite_falcon_shapes.py'
 SHAPES = ('circle', 'rectangle', 'triangle')
 
 
 @pytest.mark.parametrize('name', ['demo/ssdlite_falcon_shapes.py',
                                   'demo/deeplabv3_falcon_shapes.py'])
-def test_image_demo_writes_png(name, randomize_bn, tmp_path):
+def test_image_demo_writes_png(name, randomize_bn, tmp_path, config_path,
+                               run_tool):
     config = config_path(name)
     image = str(tmp_path / 'scene.jpg')
     cv2.imwrite(image, render_scene(np.random.default_rng(0), 160, 224)[0])
@@ -30,11 +25,8 @@ def test_image_demo_writes_png(name, randomize_bn, tmp_path):
     ckpt = str(tmp_path / 'random.pth')
     torch.save(dict(state_dict=model.state_dict()), ckpt)
     out_file = str(tmp_path / 'out' / 'scene.png')
-    out = subprocess.run([
-        sys.executable, osp.join(ROOT, 'tools', 'demo', 'image_demo.py'),
-        image, config, ckpt, '--out-file', out_file, '--score-thr', '0.1'
-    ], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    run_tool('demo/image_demo.py', image, config, ckpt, '--out-file',
+             out_file, '--score-thr', '0.1')
     drawing = cv2.imread(out_file)
     assert drawing is not None and drawing.shape == (160, 224, 3)
 
@@ -49,8 +41,8 @@ class _Stub(nn.Module):
             self.dataset_meta = meta
 
 
-def test_dataset_meta_fallbacks():
-    cfg = Config.fromfile(CONFIG)
+def test_dataset_meta_fallbacks(config_path):
+    cfg = Config.fromfile(config_path(DEMO))
     ckpt_meta = dict(classes=('a', 'b'), palette=[(0, 0, 0), (1, 1, 1)])
     assert dataset_meta(_Stub(cfg, ckpt_meta)) == ckpt_meta
     assert tuple(dataset_meta(_Stub(cfg))['classes']) == SHAPES
@@ -61,8 +53,8 @@ def test_dataset_meta_fallbacks():
     assert len(meta['classes']) == 80 and meta['classes'][0] == 'person'
 
 
-def test_task_from_config():
-    cfg = Config.fromfile(CONFIG)
+def test_task_from_config(config_path):
+    cfg = Config.fromfile(config_path(DEMO))
     assert model_task(_Stub(cfg)) == 'mmdet'
     cfg.default_scope = 'mmseg'
     assert model_task(_Stub(cfg)) == 'mmseg'

@@ -1,28 +1,21 @@
-import os
+import os.path as osp
 import re
-import subprocess
-import sys
 from collections import OrderedDict
 
 import pytest
 import torch
-from conftest import PARCNET_FIXTURE, ROOT
 
-from mmfalcon.models.backbones.parcnet import ParCNet
 from mmfalcon.converters.parcnet_official import (
     convert_official_parcnet, detect_parcnet_arch, drop_official_extras,
     unwrap_official_checkpoint)
-
-FIXTURE = PARCNET_FIXTURE
-pytestmark = pytest.mark.skipif(
-    FIXTURE is None, reason='official ParC-Net-S fixture not found')
-CLI = os.path.join(ROOT, 'tools', 'model_converters', 'parcnet_official.py')
+from mmfalcon.fileio import load_checkpoint_file
+from mmfalcon.models.backbones.parcnet import ParCNet
 
 
 @pytest.fixture(scope='module')
-def official_sd():
-    return torch.load(FIXTURE, map_location='cpu',
-                      weights_only=True)['state_dict']
+def official_sd(parcnet_fixture):
+    # the official file loads without opting in to code execution
+    return load_checkpoint_file(parcnet_fixture)['state_dict']
 
 
 def _as_official_xs(state_dict):
@@ -92,22 +85,20 @@ def test_arch_mismatch(official_sd):
         detect_parcnet_arch(weird)
 
 
-def test_cli(tmp_path):
+def test_cli(tmp_path, parcnet_fixture, run_tool, clean_env):
+    cli = 'model_converters/parcnet_official.py'
     out = tmp_path / 'sub' / 'parcnet_s.pth'
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
-               os.environ.get('PYTHONPATH', ''))
-    result = subprocess.run([sys.executable, CLI, FIXTURE, str(out)],
-                            capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr
+    result = run_tool(cli, parcnet_fixture, out, env=clean_env)
     assert 'Dropped the classifier' in result.stdout
     assert "Dropped 18 'residual.*' keys" in result.stdout
     assert 'could not be mapped' not in result.stdout
     checkpoint = torch.load(out, weights_only=True)
     assert checkpoint['meta']['arch'] == 's'
+    # the file name only, no local path
+    assert checkpoint['meta']['source_checkpoint'] == osp.basename(
+        parcnet_fixture)
     ParCNet('s').load_state_dict(checkpoint['state_dict'], strict=True)
 
-    result = subprocess.run(
-        [sys.executable, CLI, FIXTURE, str(tmp_path / 'x.pth'), '--arch',
-         'xs'], capture_output=True, text=True, env=env)
-    assert result.returncode != 0
+    result = run_tool(cli, parcnet_fixture, tmp_path / 'x.pth', '--arch',
+                      'xs', env=clean_env, ok=False)
     assert "'xs' was expected" in result.stderr

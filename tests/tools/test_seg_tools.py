@@ -1,26 +1,23 @@
 """Segmentation through the same tools and fusion path as detection: the
 demo recipe learns (mIoU clearly above the untrained model's), a training
-checkpoint goes through reparameterize.py and test.py, and mmseg's own
+checkpoint goes through fuse.py and test.py, and mmseg's own
 tools run the config."""
 import os.path as osp
 import re
-import subprocess
-import sys
 
 import mmseg
-from conftest import ROOT, config_path
+import pytest
 from mmengine.config import Config
 from mmengine.runner import Runner
 
 from mmfalcon.datasets import make_voc_shapes
 from mmfalcon.engine import is_fused_checkpoint
 
-CONFIG = config_path('demo/deeplabv3_falcon_shapes.py')
 MAX_ITERS = 60
 
 
-def small_cfg(root, work_dir):
-    cfg = Config.fromfile(CONFIG)
+def small_cfg(config, root, work_dir):
+    cfg = Config.fromfile(config)
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         cfg[loader].num_workers = 0
         cfg[loader].persistent_workers = False
@@ -39,11 +36,14 @@ def small_cfg(root, work_dir):
     return cfg
 
 
-def test_seg_demo_learns_then_fuses_and_tests(tmp_path):
+@pytest.mark.slow
+def test_seg_demo_learns_then_fuses_and_tests(tmp_path, config_path,
+                                              run_tool):
     root = make_voc_shapes(str(tmp_path / 'shapes_voc'), num_train=8,
                            num_val=1, size=(128, 160), seed=3)
     work = str(tmp_path / 'work')
-    cfg = small_cfg(root, work)
+    cfg = small_cfg(config_path('demo/deeplabv3_falcon_shapes.py'), root,
+                    work)
     runner = Runner.from_cfg(cfg)
     runner.model.init_weights()
     before = runner.val()['mIoU']
@@ -57,15 +57,9 @@ def test_seg_demo_learns_then_fuses_and_tests(tmp_path):
     cfg.dump(small)
     ckpt = osp.join(work, f'iter_{MAX_ITERS}.pth')
     fused = osp.join(work, 'fused.pth')
-    for args in (['reparameterize.py', small, ckpt,
-                  fused],
-                 ['test.py', small, fused,
-                  '--work-dir', work]):
-        out = subprocess.run([sys.executable, osp.join(ROOT, 'tools', args[0]),
-                              *args[1:]], capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr[-3000:]
+    run_tool('fuse.py', small, ckpt, fused)
+    log = run_tool('test.py', small, fused, '--work-dir', work).log
     assert is_fused_checkpoint(fused)
-    log = out.stdout + out.stderr
     assert 'Re-parameterized the model' in log
     tested = float(re.findall(r'mIoU: ([0-9.]+)', log)[-1])
     # the fused model scores what the unfused one did
@@ -74,13 +68,9 @@ def test_seg_demo_learns_then_fuses_and_tests(tmp_path):
     # mmseg's own tools run the config unchanged (custom_imports only)
     mmseg_tools = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools')
     mmseg_work = osp.join(work, 'mmseg')
-    for args in (['train.py', small, '--work-dir',
-                  mmseg_work, '--cfg-options', 'train_cfg.max_iters=2',
-                  'default_hooks.checkpoint.interval=2'],
-                 ['test.py', small,
-                  osp.join(mmseg_work, 'iter_2.pth'), '--work-dir',
-                  mmseg_work]):
-        out = subprocess.run([sys.executable, osp.join(mmseg_tools, args[0]),
-                              *args[1:]], capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr[-3000:]
-    assert re.search(r'mIoU: [0-9.]+', out.stdout + out.stderr)
+    run_tool('train.py', small, '--work-dir', mmseg_work, '--cfg-options',
+             'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=2',
+             tools_dir=mmseg_tools)
+    out = run_tool('test.py', small, osp.join(mmseg_work, 'iter_2.pth'),
+                   '--work-dir', mmseg_work, tools_dir=mmseg_tools)
+    assert re.search(r'mIoU: [0-9.]+', out.log)

@@ -11,6 +11,8 @@ import os.path as osp
 
 from mmfalcon.apis import draw_result, inference
 from mmfalcon.apis import init_model
+from mmfalcon.engine.cli import run
+from mmfalcon.fileio import add_trust_argument
 
 
 def parse_args():
@@ -24,6 +26,7 @@ def parse_args():
         '--score-thr', type=float, default=0.3,
         help='do not draw detections below this score (detection only)')
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
+    add_trust_argument(parser)
     return parser.parse_args()
 
 
@@ -42,4 +45,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

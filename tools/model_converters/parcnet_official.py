@@ -11,6 +11,8 @@ import torch
 from mmfalcon.converters.parcnet_official import (
     convert_official_parcnet, detect_parcnet_arch, drop_official_extras,
     unwrap_official_checkpoint)
+from mmfalcon.engine.cli import run
+from mmfalcon.fileio import add_trust_argument, load_checkpoint_file
 
 
 def main():
@@ -21,11 +23,12 @@ def main():
         '--arch', choices=['s', 'xs'], default=None,
         help='expected arch; an error if the checkpoint is another one '
         '(default: detect it)')
+    add_trust_argument(parser)
     args = parser.parse_args()
     if not osp.isfile(args.src):
         raise SystemExit(f'{args.src}: no such file')
 
-    checkpoint = torch.load(args.src, map_location='cpu', weights_only=True)
+    checkpoint = load_checkpoint_file(args.src, map_location='cpu')
     state_dict = unwrap_official_checkpoint(checkpoint)
     state_dict, dropped = drop_official_extras(state_dict)
     if dropped['residual']:
@@ -44,7 +47,7 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     meta = dict(
         source='github.com/hkzhang91/ParC-Net',
-        source_checkpoint=osp.abspath(args.src),
+        source_checkpoint=osp.basename(args.src),  # no local paths
         arch=arch,
         dropped_keys=dropped['residual'] + dropped['classifier'],
         unmapped_keys=unmapped)
@@ -54,4 +57,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)
