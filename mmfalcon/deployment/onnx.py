@@ -108,6 +108,8 @@ def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
     wrapper = TensorForward(_for_export(model)).eval()
     x = _example(shape)
     input_names = ['input']
+    # This first run at the export shape also bakes the ParC kernels for it
+    # (ParCFused.bake), which the tracer below records as constants.
     output_names = wrapper.output_names(x)
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript-based exporter is chosen on purpose (module doc)

@@ -3,7 +3,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import mmfalcon
-from mmfalcon.models import FalconNet, RefCO, RepSO
+from mmfalcon.models import FalconNet, RefCO, RepSO, fuse_model
 
 TINY = dict(depths=[1, 1, 2, 1], widths=[16, 32, 64, 128])
 STRIDES = (4, 8, 16, 32, 32)
@@ -39,8 +39,9 @@ def test_paper_default_arch_uses_falcon_layers():
 
 
 @pytest.mark.parametrize('block', [
-    'MetaLightBlock', 'InvertedResidual', 'FasterNetBlock',
-    dict(type='InvertedResidual', expand_ratio=6)
+    'MetaLightBlock', 'InvertedResidual', 'FasterNetBlock', 'SandglassBlock',
+    dict(type='InvertedResidual', expand_ratio=6),
+    dict(type='SandglassBlock', reduction_ratio=2)
 ])
 def test_lightnet_hosts_other_blocks(block, randomize_bn):
     model = FalconNet(arch=TINY, block=block, out_indices=(1, 3))
@@ -68,6 +69,69 @@ def test_fused_equals_unfused(size, randomize_bn):
     for b, a in zip(before, after):
         err = (b - a).abs().max().item()
         assert err < 1e-4, err
+
+
+def test_paper_size_fusion_exact_in_float64(randomize_bn):
+    """Random BN statistics drive paper-size activations to 1e4-1e5, where
+    float32 rounding alone exceeds 1e-4; float64 shows the fold is exact."""
+    torch.manual_seed(0)
+    model = randomize_bn(FalconNet(arch='base', out_indices=(0, 1, 2, 3, 4),
+                                   stem_shortcut='before_act'))
+    model = model.double().eval()
+    x = torch.randn(1, 3, 96, 128, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(x)
+        fuse_model(model)
+        after = model(x)
+    for b, a in zip(before, after):
+        err = (b - a).abs().max().item()
+        scale = b.abs().max().item()
+        print(f'base float64 fused vs unfused: {err:.2e} (max |y| '
+              f'{scale:.2e})')
+        assert err < 1e-8 * max(scale, 1.), (err, scale)
+
+
+@pytest.mark.parametrize('shortcut', ['after_act', 'before_act', None])
+def test_stem_shortcut_fusion_exact(shortcut, randomize_bn):
+    model = FalconNet(arch='tiny', stem_shortcut=shortcut, out_indices=0)
+    randomize_bn(model).eval()
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        before = model(x)[0]
+        fuse_model(model)
+        assert (before - model(x)[0]).abs().max().item() < 1e-4
+    # same weights, three positions: three different functions
+    state = randomize_bn(FalconNet(arch='tiny', out_indices=0)).state_dict()
+    outs = []
+    for position in ('after_act', 'before_act', None):
+        other = FalconNet(arch='tiny', stem_shortcut=position, out_indices=0)
+        other.load_state_dict(state)
+        with torch.no_grad():
+            outs.append(other.eval()(x)[0])
+    assert not torch.allclose(outs[0], outs[1])
+    assert not torch.allclose(outs[0], outs[2])
+
+
+@pytest.mark.parametrize('out_indices,channels', [
+    ((0, 1, 2, 3, 4), (16, 32, 64, 128, 96)), ((3, 1), (32, 128)),
+    (4, (96, )), ((2, 2), (64, ))
+])
+def test_out_channels_match_forward(out_indices, channels):
+    model = FalconNet(arch='tiny', out_indices=out_indices,
+                      head_channels=96).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 64))
+    assert model.out_channels == channels
+    assert tuple(o.shape[1] for o in outs) == channels
+
+
+def test_parse_arch_returns_a_copy():
+    model = FalconNet(arch='base')
+    model.arch['depths'][0] = 99
+    assert FalconNet.arch_zoo['base']['depths'] == [3, 3, 9, 3]
+    custom = dict(depths=[1, 1, 1, 1], widths=[8, 16, 32, 64])
+    FalconNet(arch=custom).arch['widths'][0] = 99
+    assert custom['widths'][0] == 8
 
 
 def test_deploy_build_matches_fused_checkpoint(randomize_bn):
@@ -107,6 +171,12 @@ def test_fused_checkpoint_into_unfused_model_is_refused():
     (dict(out_indices=(-1, )), r'out_indices \(-1,\)'),
     (dict(frozen_stages=5), 'frozen_stages=5 out of range'),
     (dict(block='Sandglass'), "Unknown block 'Sandglass'"),
+    (dict(stem_shortcut='pw'), r"stem_shortcut='pw'.*'after_act'"),
+    (dict(norm_cfg=dict(type='GN', num_groups=8)),
+     r"FalconNet needs a batch norm.*norm_cfg=\{'type': 'GN'"),
+    (dict(norm_cfg=dict(type='LN')), r"'LN'"),
+    (dict(block=dict(type='SandglassBlock', reduction_ratio=64)),
+     'reduction_ratio=64 leaves no bottleneck channel for 32'),
 ])
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):

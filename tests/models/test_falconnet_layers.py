@@ -2,8 +2,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmfalcon.models.layers import (ConvNorm, RefCO, RepSO, SFConv,
-                                    best_window, sfconv_params)
+import mmfalcon
+from mmfalcon.models.layers import (ConvNorm, RefCO, RepSO, SandglassBlock,
+                                    SFConv, best_window, sfconv_params)
 
 ATOL = 1e-4
 
@@ -126,6 +127,20 @@ def test_convnorm_fusion_exact(randomize_bn):
     layer = ConvNorm(6, 10, 3, stride=2, groups=2,
                      act_cfg=dict(type='ReLU'))
     assert_fusion_exact(layer, torch.randn(1, 6, 11, 8), randomize_bn)
+
+
+@pytest.mark.parametrize('dilation', [1, 2])
+def test_sandglass_fusion_exact(dilation, randomize_bn):
+    block = randomize_bn(SandglassBlock(12, reduction_ratio=3,
+                                        dilation=dilation)).eval()
+    x = torch.randn(2, 12, 9, 7)
+    with torch.no_grad():
+        before = block(x)
+        mmfalcon.fuse_model(block)
+        after = block(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in block.modules())
+    assert before.shape == x.shape
+    assert (before - after).abs().max().item() < ATOL
 
 
 def test_fuse_is_idempotent(randomize_bn):

@@ -3,17 +3,12 @@ import warnings
 
 import pytest
 import torch
-from conftest import PARCNET_FIXTURE
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmfalcon.models import fuse_model
 from mmfalcon.models.backbones.parcnet import ParCNet
 from mmfalcon.converters.parcnet_official import convert_official_parcnet
 from mmfalcon.models.layers.parc import ParC, ParCFused, circular_conv
-
-FIXTURE = PARCNET_FIXTURE
-needs_fixture = pytest.mark.skipif(
-    FIXTURE is None, reason='official ParC-Net-S fixture not found')
 
 S_CHANNELS = (16, 32, 64, 96, 128, 160, 640)
 S_STRIDES = (2, 2, 4, 8, 16, 32, 32)
@@ -35,8 +30,8 @@ def _max_err(a, b):
 
 
 @pytest.fixture(scope='module')
-def official():
-    return torch.load(FIXTURE, map_location='cpu', weights_only=True)
+def official(parcnet_fixture):
+    return torch.load(parcnet_fixture, map_location='cpu', weights_only=True)
 
 
 @pytest.fixture(scope='module')
@@ -63,7 +58,6 @@ def bn_random_s(randomize_bn):
     return _BN_RANDOM_S[0]
 
 
-@needs_fixture
 @pytest.mark.parametrize('fused', [False, True])
 def test_parity_with_official(official, converted_s, fused):
     model = ParCNet('s', out_indices=(3, 4, 5, 6))
@@ -96,21 +90,42 @@ def test_shapes_and_strides(size):
     with torch.no_grad():
         outs = model(torch.randn(1, 3, *size))
     assert len(outs) == 7
-    assert model.out_channels == list(S_CHANNELS)
+    assert model.out_channels == S_CHANNELS
     for out, c, s in zip(outs, S_CHANNELS, S_STRIDES):
         assert out.shape == (1, c, _size_at(size[0], s),
                              _size_at(size[1], s))
 
 
-def test_out_stride_16():
-    model = ParCNet('s', out_indices=(4, 5, 6), out_stride=16).eval()
-    dw = model.layer5[0].depthwise
-    assert dw.conv.stride == (1, 1) and dw.conv.dilation == (2, 2)
+@pytest.mark.parametrize('dilate_last,dilation', [(False, 1), (True, 2)])
+def test_out_stride_16(dilate_last, dilation):
+    """The official code only drops layer5's stride (its MV2 keeps the
+    dilation of the layers before it, 1); the dilated form is opt-in."""
+    model = ParCNet('s', out_indices=(4, 5, 6), out_stride=16,
+                    dilate_last=dilate_last).eval()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            expected = dilation if name.startswith(
+                'layer5.0.depthwise') else 1
+            assert module.dilation == (expected, expected), name
+    assert model.layer5[0].depthwise.conv.stride == (1, 1)
     with torch.no_grad():
         outs = model(torch.randn(1, 3, 320, 352))
     assert [tuple(o.shape) for o in outs] == [(1, 128, 20, 22),
                                               (1, 160, 20, 22),
                                               (1, 640, 20, 22)]
+    # same weights as the stride-32 model
+    model.load_state_dict(ParCNet('s', out_indices=(4, 5, 6)).state_dict())
+
+
+@pytest.mark.parametrize('out_indices,channels', [((4, 5), (128, 160)),
+                                                  ((6, 1), (32, 640)),
+                                                  (-2, (160, ))])
+def test_out_channels_match_forward(out_indices, channels):
+    model = ParCNet(arch='s', out_indices=out_indices).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 64))
+    assert model.out_channels == channels
+    assert tuple(o.shape[1] for o in outs) == channels
 
 
 def test_unused_trailing_stages_not_run_nor_trained():
@@ -213,6 +228,30 @@ def test_parc_fused_layer_and_cache(randomize_bn):
     assert parc.fused._cache == {}
 
 
+def test_baked_kernels_are_constants_of_a_trace(randomize_bn):
+    """Export path: a run at the export shape bakes the resized kernels, a
+    tracer then records them as constants; traced unbaked, the resize is
+    recorded as ops and nothing is cached."""
+    torch.manual_seed(0)
+    parc = randomize_bn(
+        ParC(6, 8, 'H', use_pe=True, norm_cfg=dict(type='BN'))).eval()
+    parc.fuse()
+    x = torch.randn(1, 6, 12, 5)
+    with torch.no_grad():
+        ref = parc(x)
+        assert list(parc.fused._cache) == [12]
+        traced = torch.jit.trace(parc, x)
+    assert 'upsample' not in str(traced.inlined_graph)
+    assert torch.equal(traced(x), ref)
+
+    parc.fused._cache.clear()
+    with torch.no_grad():  # (trace's check run would bake outside the trace)
+        traced = torch.jit.trace(parc, x, check_trace=False)
+    assert parc.fused._cache == {}
+    assert 'upsample_bilinear2d' in str(traced.inlined_graph)
+    assert _max_err(traced(x), ref) < 1e-5
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"'m'.*\['s', 'xs'\]"):
         ParCNet('m')
@@ -224,6 +263,11 @@ def test_bad_arguments():
         ParCNet('s', frozen_stages=7)
     with pytest.raises(ValueError, match=r'out_stride.*8'):
         ParCNet('s', out_stride=8)
+    with pytest.raises(ValueError, match=r'dilate_last=True.*out_stride=32'):
+        ParCNet('s', dilate_last=True)
+    with pytest.raises(ValueError,
+                       match=r"ParCNet needs a batch norm.*'GN'"):
+        ParCNet(arch=TINY, norm_cfg=dict(type='GN', num_groups=4))
     with pytest.raises(ValueError, match=r"missing \['head_channels'\]"):
         ParCNet({k: v for k, v in TINY.items() if k != 'head_channels'})
     with pytest.raises(ValueError, match=r"'sum'"):

@@ -1,6 +1,8 @@
+import copy
 import warnings
 
 from mmengine.model import BaseModule
+from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..fusion import fuse_model, is_fused
@@ -24,9 +26,29 @@ def default_init_cfg(init_cfg, pretrained):
     return init_cfg
 
 
+def check_batch_norm(norm_cfg, owner):
+    """Refuse a ``norm_cfg`` that does not build a batch norm.
+
+    Fusing folds each norm's running statistics into a conv, which only a
+    batch norm has; a group or layer norm would train, then fail at fusion.
+    """
+    layer_type = norm_cfg.get('type') if isinstance(norm_cfg, dict) else None
+    if isinstance(layer_type, str):
+        # resolved as mmcv's build_norm_layer does: in the root registry
+        with MODELS.switch_scope_and_registry(None) as registry:
+            layer_type = registry.get(layer_type)
+    if not (isinstance(layer_type, type)
+            and issubclass(layer_type, _BatchNorm)):
+        raise ValueError(
+            f'{owner} needs a batch norm (its fusion folds running '
+            f'statistics into convs), got norm_cfg={norm_cfg!r}; expected '
+            f"e.g. dict(type='BN') or dict(type='SyncBN').")
+
+
 class FusableBackbone(BaseModule):
-    """What FalconNet and ParC-Net share: arch parsing, ``frozen_stages`` /
-    ``norm_eval`` handling in ``train()`` and ``switch_to_deploy()``.
+    """What FalconNet and ParC-Net share: arch parsing, the batch-norm
+    check, ``frozen_stages`` / ``norm_eval`` handling in ``train()`` and
+    ``switch_to_deploy()``.
 
     Subclasses define ``arch_zoo`` and ``arch_keys``, set ``frozen_stages``
     and ``norm_eval``, and implement :meth:`_check_arch` (the values of a
@@ -36,12 +58,16 @@ class FusableBackbone(BaseModule):
     arch_keys: tuple = ()
 
     def _parse_arch(self, arch):
-        """An ``arch_zoo`` name, or a dict with exactly ``arch_keys``."""
+        """An ``arch_zoo`` name, or a dict with exactly ``arch_keys``.
+
+        Returns a deep copy: the caller may change it without touching
+        ``arch_zoo`` (shared by every instance) or the caller's dict.
+        """
         if isinstance(arch, str):
             if arch not in self.arch_zoo:
                 raise ValueError(f'Unknown arch {arch!r}; expected one of '
                                  f'{sorted(self.arch_zoo)} or a dict.')
-            return self.arch_zoo[arch]
+            return copy.deepcopy(self.arch_zoo[arch])
         if not isinstance(arch, dict):
             raise ValueError(f'arch must be a str or a dict, got {arch!r}.')
         missing = [key for key in self.arch_keys if key not in arch]
@@ -52,7 +78,7 @@ class FusableBackbone(BaseModule):
                 f'{list(self.arch_keys)}; missing {missing}, '
                 f'unexpected {extra}.')
         self._check_arch(arch)
-        return dict(arch)
+        return copy.deepcopy(dict(arch))
 
     def _check_arch(self, arch):
         raise NotImplementedError

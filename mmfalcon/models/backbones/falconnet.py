@@ -1,6 +1,6 @@
 import logging
 import math
-from typing import Dict, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch.nn as nn
 from mmcv.cnn import build_activation_layer
@@ -9,8 +9,8 @@ from mmengine.logging import print_log
 
 from mmfalcon.registry import MODELS, register
 from ..layers import (ConvNorm, FasterNetBlock, InvertedResidual, RefCO,
-                      RepSO, best_window)
-from .base import FusableBackbone, default_init_cfg
+                      RepSO, SandglassBlock, best_window)
+from .base import FusableBackbone, check_batch_norm, default_init_cfg
 
 _dense_fallbacks_logged = set()
 
@@ -89,25 +89,49 @@ LIGHTNET_BLOCKS = {
     'MetaLightBlock': MetaLightBlock,
     'InvertedResidual': _inverted_residual,
     'FasterNetBlock': FasterNetBlock,
+    'SandglassBlock': SandglassBlock,
 }
+
+# Where the stem's shortcut joins (spec 1 [choice]); it can only wrap the
+# stride-1 3x3 DW conv, the one stem layer whose input and output match.
+STEM_SHORTCUTS = ('after_act', 'before_act', None)
 
 
 class LightNetStem(nn.Module):
-    """LightNet stem (spec section 1), output stride 4.
+    """LightNet stem (FalconNet spec section 1), output stride 4.
 
-    3x3 s2 conv -> 3x3 DW conv with a residual -> 1x1 conv -> 3x3 DW s2 conv
-    (BN, no activation).
+    3x3 s2 conv -> 3x3 DW conv with a shortcut -> 1x1 conv -> 3x3 DW s2 conv
+    (norm, no activation).
+
+    Args:
+        out_channels (int): Output channels (the first stage width C1).
+        mid_channels (int): Width of the first two convs.
+        shortcut (str | None): Where the shortcut around the 3x3 DW conv
+            joins: ``'after_act'`` adds the input to the DW conv's activated
+            output, ``'before_act'`` adds it before the activation, ``None``
+            drops the shortcut.
+        norm_cfg (dict): Norm config.
+        act_cfg (dict): Activation config.
+        deploy (bool): Build fused convs directly.
     """
 
-    def __init__(self, out_channels, mid_channels, norm_cfg, act_cfg,
-                 deploy):
+    def __init__(self, out_channels, mid_channels, shortcut, norm_cfg,
+                 act_cfg, deploy):
         super().__init__()
+        if shortcut not in STEM_SHORTCUTS:
+            raise ValueError(f'stem_shortcut={shortcut!r}: expected one of '
+                             f'{STEM_SHORTCUTS}.')
+        self.shortcut = shortcut
         common = dict(norm_cfg=norm_cfg, deploy=deploy)
         self.conv = ConvNorm(3, mid_channels, 3, stride=2, act_cfg=act_cfg,
                              **common)
-        self.dw_conv = ConvNorm(mid_channels, mid_channels, 3,
-                                groups=mid_channels, act_cfg=act_cfg,
-                                **common)
+        # 'before_act' needs the sum before the activation, so the DW conv
+        # then leaves its activation to the stem.
+        self.dw_conv = ConvNorm(
+            mid_channels, mid_channels, 3, groups=mid_channels,
+            act_cfg=None if shortcut == 'before_act' else act_cfg, **common)
+        self.dw_act = build_activation_layer(
+            act_cfg) if shortcut == 'before_act' else None
         self.pw_conv = ConvNorm(mid_channels, out_channels, 1,
                                 act_cfg=act_cfg, **common)
         self.down_conv = ConvNorm(out_channels, out_channels, 3, stride=2,
@@ -115,7 +139,12 @@ class LightNetStem(nn.Module):
 
     def forward(self, x):
         x = self.conv(x)
-        x = x + self.dw_conv(x)
+        if self.shortcut is None:
+            x = self.dw_conv(x)
+        elif self.shortcut == 'after_act':
+            x = x + self.dw_conv(x)
+        else:
+            x = self.dw_act(x + self.dw_conv(x))
         return self.down_conv(self.pw_conv(x))
 
 
@@ -131,15 +160,22 @@ class FalconNet(FusableBackbone):
         arch (str | dict): A name in ``arch_zoo`` or a dict with keys
             ``depths`` and ``widths`` (4 ints each). Defaults to 'base'.
         block (str | dict): Block type, one of ``LIGHTNET_BLOCKS``
-            ('MetaLightBlock', 'InvertedResidual', 'FasterNetBlock'), or a
-            dict with ``type`` and extra block arguments.
-            Defaults to 'MetaLightBlock'.
+            ('MetaLightBlock', 'InvertedResidual', 'FasterNetBlock',
+            'SandglassBlock'), or a dict with ``type`` and extra block
+            arguments. Defaults to 'MetaLightBlock'.
         stem_ratio (float): Stem hidden width as a fraction of the first
             stage width. Defaults to 0.5.
+        stem_shortcut (str | None): Where the stem's shortcut joins. The
+            paper only shows it in a figure; it can wrap just the stride-1
+            3x3 DW conv (the one stem layer whose input and output shapes
+            match): ``'after_act'`` (``x + act(bn(dw(x)))``),
+            ``'before_act'`` (``act(x + bn(dw(x)))``) or ``None`` (no
+            shortcut). Defaults to 'after_act'.
         head_channels (int): Output channels of the head conv, built only
             when index 4 is in ``out_indices``. Defaults to 1024.
-        out_indices (Sequence[int]): Outputs to return: 0-3 the stages
-            (strides 4, 8, 16, 32), 4 the head conv. Defaults to (3, ).
+        out_indices (int | Sequence[int]): Outputs to return, in increasing
+            order whatever the order given: 0-3 the stages (strides 4, 8,
+            16, 32), 4 the head conv. Defaults to (3, ).
         out_stride (int): 32, 16 or 8. Below 32 the subsampling before the
             last (16) or last two (8) stages keeps the resolution (stride
             1, same weights) and those stages' spatial convs are dilated
@@ -149,7 +185,9 @@ class FalconNet(FusableBackbone):
             stages 1..k. Defaults to -1.
         norm_eval (bool): Keep BN layers in eval mode while training.
             Defaults to False.
-        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
+        norm_cfg (dict): Norm config; a batch norm (``BN``, ``SyncBN``),
+            since fusion folds running statistics. Defaults to
+            ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to
             ``dict(type='ReLU')``.
         drop_path_rate (float): Stochastic depth rate, linear over blocks.
@@ -159,6 +197,10 @@ class FalconNet(FusableBackbone):
         pretrained (str | None): Deprecated mmseg-style checkpoint path,
             turned into ``init_cfg``. Defaults to None.
         init_cfg (dict | list[dict] | None): Initialization config.
+
+    Attributes:
+        out_channels (tuple[int]): Channels of each returned output, in
+            order.
     """
     # 'base' is the paper's default; 'tiny' and 'small' are this project's
     # own narrower/shallower variants (not from the paper).
@@ -174,6 +216,7 @@ class FalconNet(FusableBackbone):
                  arch: Union[str, dict] = 'base',
                  block: Union[str, dict] = 'MetaLightBlock',
                  stem_ratio: float = 0.5,
+                 stem_shortcut: Optional[str] = 'after_act',
                  head_channels: int = 1024,
                  out_indices: Sequence[int] = (3, ),
                  out_stride: int = 32,
@@ -202,14 +245,19 @@ class FalconNet(FusableBackbone):
         if out_stride not in (32, 16, 8):
             raise ValueError(f'out_stride={out_stride!r}: expected 32, 16 '
                              'or 8.')
-        self.out_indices = tuple(out_indices)
+        check_batch_norm(norm_cfg, type(self).__name__)
+        # forward returns the outputs in network order
+        self.out_indices = tuple(sorted(set(out_indices)))
+        self.out_channels = tuple(
+            head_channels if i == self.num_stages else widths[i]
+            for i in self.out_indices)
         self.out_stride = out_stride
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         block_type, block_kwargs = self._parse_block(block)
 
         self.stem = LightNetStem(widths[0], int(widths[0] * stem_ratio),
-                                 norm_cfg, act_cfg, deploy)
+                                 stem_shortcut, norm_cfg, act_cfg, deploy)
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         self.stages = nn.ModuleList()

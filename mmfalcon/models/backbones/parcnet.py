@@ -6,7 +6,7 @@ from mmfalcon.registry import MODELS, register
 from ..layers.conv_norm import ConvNorm
 from ..layers.inverted_residual import InvertedResidual
 from ..layers.parc import ParCOuterFrame
-from .base import FusableBackbone, default_init_cfg
+from .base import FusableBackbone, check_batch_norm, default_init_cfg
 
 # MV2 expansion of every inverted residual in ParC-Net (spec 3).
 MV2_EXPAND_RATIO = 4
@@ -42,13 +42,20 @@ class ParCNet(FusableBackbone):
         frozen_stages (int): -1 freezes nothing, 0 the stem, k the stem and
             the first k layers (6 also the head conv). Defaults to -1.
         out_stride (int): 32, or 16 to remove the last layer's downsampling
-            (its MV2 depthwise conv gets stride 1, dilation 2; the ParC
-            kernels follow the larger map). Defaults to 32.
+            as the official code does for DeepLabV3: its MV2 depthwise conv
+            gets stride 1 and nothing else changes (the ParC kernels follow
+            the larger map). Defaults to 32.
+        dilate_last (bool): With ``out_stride=16``, also dilate that
+            depthwise conv by 2, as mmseg's dilated backbones do to keep the
+            receptive field (not in the official code; official weights
+            then compute another function). Defaults to False.
         use_pe (bool): Position embeddings in the first ParC block of each
             stage. Defaults to True.
         drop_rate (float): Dropout after each ParC block's FFN.
             Defaults to 0.1.
-        norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
+        norm_cfg (dict): Norm config; a batch norm (``BN``, ``SyncBN``),
+            since fusion folds running statistics. Defaults to
+            ``dict(type='BN')``.
         act_cfg (dict): Activation of the conv layers. Defaults to
             ``dict(type='SiLU')``.
         norm_eval (bool): Keep BN layers in eval mode while training.
@@ -59,6 +66,10 @@ class ParCNet(FusableBackbone):
             turned into ``init_cfg``. Defaults to None.
         init_cfg (dict | list[dict] | None): Initialization config.
             Defaults to Kaiming for convs and ones for BN weights.
+
+    Attributes:
+        out_channels (tuple[int]): Channels of each returned output, in
+            order.
     """
     arch_zoo = {
         's': dict(
@@ -85,6 +96,7 @@ class ParCNet(FusableBackbone):
                  out_indices: Union[int, Sequence[int]] = (4, 5),
                  frozen_stages: int = -1,
                  out_stride: int = 32,
+                 dilate_last: bool = False,
                  use_pe: bool = True,
                  drop_rate: float = 0.1,
                  norm_cfg: dict = dict(type='BN'),
@@ -98,6 +110,10 @@ class ParCNet(FusableBackbone):
         if out_stride not in (16, 32):
             raise ValueError(
                 f'out_stride must be 32 or 16, got {out_stride!r}')
+        if dilate_last and out_stride != 16:
+            raise ValueError(f'dilate_last=True needs out_stride=16, got '
+                             f'out_stride={out_stride!r}.')
+        check_batch_norm(norm_cfg, type(self).__name__)
         self.layer_names = (
             ['stem'] + [
                 f'layer{i + 1}' for i in range(
@@ -111,13 +127,14 @@ class ParCNet(FusableBackbone):
                              f'expected -1..{num - 1}.')
         self.frozen_stages = frozen_stages
         self.out_stride = out_stride
+        self.dilate_last = dilate_last
         self.norm_eval = norm_eval
 
         common = dict(norm_cfg=norm_cfg, deploy=deploy)
         channels = self.arch['stem_channels']
         self.stem = ConvNorm(in_channels, channels, 3, stride=2,
                              act_cfg=act_cfg, **common)
-        self.out_channels = [channels]
+        layer_channels = [channels]
         index = 1
         for out_channels, num_blocks, stride in self.arch['mv2_layers']:
             blocks = []
@@ -128,19 +145,18 @@ class ParCNet(FusableBackbone):
                     **common))
                 channels = out_channels
             self.add_module(f'layer{index}', nn.Sequential(*blocks))
-            self.out_channels.append(channels)
+            layer_channels.append(channels)
             index += 1
         parc_layers = self.arch['parc_layers']
         for i, (out_channels, width, ffn_channels, num_blocks,
                 kernel_size) in enumerate(parc_layers):
-            # out_stride 16: the last layer keeps its resolution and widens
-            # its receptive field with a dilated depthwise conv instead (the
-            # official code only drops the stride; mmseg users expect both).
+            # out_stride 16: the last layer keeps its resolution
             keep = out_stride == 16 and i == len(parc_layers) - 1
             layer = nn.Sequential(
                 InvertedResidual(
                     channels, out_channels, stride=1 if keep else 2,
-                    expand_ratio=MV2_EXPAND_RATIO, dilation=2 if keep else 1,
+                    expand_ratio=MV2_EXPAND_RATIO,
+                    dilation=2 if keep and dilate_last else 1,
                     act_cfg=act_cfg, **common),
                 ParCOuterFrame(
                     out_channels, width, ffn_channels, num_blocks,
@@ -148,11 +164,12 @@ class ParCNet(FusableBackbone):
                     drop_rate=drop_rate, act_cfg=act_cfg, **common))
             self.add_module(f'layer{index}', layer)
             channels = out_channels
-            self.out_channels.append(channels)
+            layer_channels.append(channels)
             index += 1
         self.conv_1x1_exp = ConvNorm(channels, self.arch['head_channels'], 1,
                                      act_cfg=act_cfg, **common)
-        self.out_channels.append(self.arch['head_channels'])
+        layer_channels.append(self.arch['head_channels'])
+        self.out_channels = tuple(layer_channels[i] for i in self.out_indices)
 
         self._num_run = max(self.out_indices) + 1
         for name in self.layer_names[self._num_run:]:

@@ -1,12 +1,13 @@
 """ParC-Net building blocks: the ParC operator, the ParC block and the
-outer frame (ParC-Net spec, ``shared/design/parcnet.md`` sections 1-3, 5).
+outer frame (ParC-Net, ECCV 2022, section 3; the deploy form is this
+project's own).
 
 Every layer with a BN in front of a linear op is a
 :class:`FusableLayer`, so :func:`mmfalcon.fuse_model` folds the
 whole stage into convolutions with biases and cached bias maps.
 """
-import contextlib
 import math
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -30,18 +31,6 @@ def _is_compiling() -> bool:
     """True under torch.compile / torch.export (fake tensors)."""
     is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)
     return torch.compiler.is_compiling() or is_exporting()
-
-
-@contextlib.contextmanager
-def _tracer_paused():
-    """Let ``torch.jit.trace`` (legacy ONNX export) see a cache entry built
-    here as a constant, not as ops on the parameters."""
-    state = torch._C._get_tracing_state()
-    torch._C._set_tracing_state(None)
-    try:
-        yield
-    finally:
-        torch._C._set_tracing_state(state)
 
 
 def resize_meta(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
@@ -95,7 +84,11 @@ class ParCFused(nn.Module):
     """Deploy form of :class:`ParC` (spec 5): BN-folded kernel + bias map.
 
     Kernels and bias maps are resized once per feature length and cached;
-    a new input size gets its own cache entry.
+    a new input size gets its own cache entry. To export for a fixed input
+    shape, run the model once at that shape first (:meth:`bake`): a tracer
+    (``torch.jit.trace``, ONNX export) then records the cached kernels as
+    constants. Traced without a cache entry, the resize is recorded as ops
+    on the parameters and nothing is cached.
 
     Args:
         channels (int): Channels C.
@@ -134,18 +127,34 @@ class ParCFused(nn.Module):
             kernel = kernel * self.scale
         return kernel, bias
 
+    @torch.no_grad()
+    def bake(self, length: int) -> None:
+        """Cache the kernel and bias map for a feature of ``length``."""
+        self._cache[length] = self.instance(length)
+
+    def _traced_instance(self, length):
+        """Under a tracer: the baked entry, recorded as a constant, else the
+        resize as ops on the parameters (an entry made while tracing would
+        hold traced values, so none is made)."""
+        with warnings.catch_warnings():
+            # A tracer hands the length over as a traced scalar; the trace
+            # is specific to its input shape anyway.
+            warnings.simplefilter('ignore', torch.jit.TracerWarning)
+            entry = self._cache.get(int(length))
+        return entry if entry is not None else self.instance(length)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         length = x.shape[self.dim]
-        # Training stays differentiable; compilers / torch.export must see
-        # the ops on the parameters, not fill the cache with fake tensors.
         if self.training or _is_compiling():
+            # Training stays differentiable; compilers / torch.export must
+            # see the ops on the parameters, not a cache of fake tensors.
             kernel, bias = self.instance(length)
+        elif torch.jit.is_tracing():
+            kernel, bias = self._traced_instance(length)
         else:
-            entry = self._cache.get(length)
-            if entry is None:
-                with torch.no_grad(), _tracer_paused():
-                    entry = self._cache[length] = self.instance(length)
-            kernel, bias = entry
+            if length not in self._cache:
+                self.bake(length)
+            kernel, bias = self._cache[length]
         out = circular_conv(x, kernel, self.dim)
         return out if bias is None else out + bias
 
