@@ -32,7 +32,7 @@ def add_mim_extension():
     copies for a wheel or sdist, links for an editable install."""
     if {'develop', 'editable_wheel'} & set(sys.argv):
         mode = 'symlink'
-    elif {'sdist', 'bdist_wheel', 'build', 'build_py'} & set(sys.argv):
+    elif {'sdist', 'bdist_wheel'} & set(sys.argv):
         mode = 'copy'
     else:
         return

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the reproducible environment into a project-local virtual
 # environment (.venv): the exact versions of requirements/constraints.txt,
-# then mmfalcon in editable mode with all its extras.
+# then mmfalcon in editable mode with all its extras, and openmim's command
+# line apart in .venv/mim (run it with PYTHONPATH=.venv/mim).
 # Idempotent: a second run finds everything in place and installs nothing.
 # TORCH_SPEC picks another torch build, e.g. TORCH_SPEC='torch==2.1.2' (CUDA).
 set -euo pipefail
@@ -34,5 +35,8 @@ if ! "$PY" -c 'import mmcv.ops' 2>/dev/null; then
         pip_install --no-build-isolation mmcv
 fi
 pip_install --no-build-isolation -e '.[det,seg,deploy,tests]'
+# mim's command line, kept out of the environment (see requirements/mim.txt)
+rm -rf "$VENV/mim"
+pip_install --no-deps --target "$VENV/mim" -r requirements/mim.txt
 "$PY" -c 'import mmcv.ops, mmdet, mmseg, mmfalcon; print("[setup] ok: mmcv", mmcv.__version__, "mmdet", mmdet.__version__, "mmseg", mmseg.__version__)'
 echo "$WANT" > "$STAMP"
