@@ -8,8 +8,8 @@ import os.path as osp
 
 from mmengine.logging import print_log
 
-from mmfalcon.engine.cli import (add_common_args, build_runner, load_config,
-                                 run)
+from mmfalcon.engine.cli import (add_common_args, build_runner,
+                                 check_datasets, load_config, run)
 
 
 def parse_args():
@@ -56,7 +56,9 @@ def main():
         evaluators = cfg.test_evaluator
         cfg.test_evaluator = (list(evaluators) if isinstance(
             evaluators, (list, tuple)) else [evaluators]) + [dump]
-    build_runner(cfg).test()
+    runner = build_runner(cfg)
+    check_datasets(cfg, ('test', ))
+    runner.test()
 
 
 if __name__ == '__main__':

@@ -3,8 +3,9 @@ import argparse
 import os.path as osp
 
 from mmfalcon.engine.checkpoint import check_trainable, find_resume_checkpoint
-from mmfalcon.engine.cli import (add_common_args, build_runner, enable_amp,
-                                 load_config, run)
+from mmfalcon.engine.cli import (add_common_args, build_runner,
+                                 check_datasets, enable_amp, load_config,
+                                 run)
 
 
 def parse_args():
@@ -45,7 +46,10 @@ def main():
         cfg.resume, cfg.load_from = True, args.resume
     if cfg.get('load_from'):
         check_trainable(cfg.load_from, resume=cfg.get('resume', False))
-    build_runner(cfg).train()
+    runner = build_runner(cfg)
+    check_datasets(cfg, ('train', 'val') if cfg.get('val_cfg') else
+                   ('train', ))
+    runner.train()
 
 
 if __name__ == '__main__':

@@ -18,6 +18,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mmfalcon.fileio import CheckpointError, add_trust_argument
 
+# Dataset keys that name files every sample needs (mmdet, mmseg).
+_SAMPLE_FILES = ('img_path', 'seg_map_path')
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message names it and why."""
+
 # Norm layers that only work on CUDA when synchronised across processes.
 _CUDA_ONLY_NORMS = ('SyncBN', 'MMSyncBN')
 
@@ -39,14 +46,15 @@ def add_common_args(parser):
 def run(main: Callable[[], None]) -> None:
     """Run a tool's ``main``.
 
-    A checkpoint that cannot be loaded ends the run with its message
-    instead of a traceback. The process group, if any, is destroyed on
+    A checkpoint that cannot be loaded or a dataset that cannot be used
+    (:func:`check_datasets`) ends the run with its message instead of a
+    traceback. The process group, if any, is destroyed on
     success and on error: left to the interpreter's exit, its threads can
     abort the process (``terminate called without an active exception``).
     """
     try:
         main()
-    except CheckpointError as exc:
+    except (CheckpointError, DataError) as exc:
         raise SystemExit(f'error: {exc}') from None
     finally:
         if torch_dist.is_available() and torch_dist.is_initialized():
@@ -140,7 +148,7 @@ def enable_amp(cfg: Config) -> None:
     CPU (:class:`~mmfalcon.engine.CPUAmpOptimWrapper`), where mmengine's
     wrapper would stop the run with an assertion."""
     wrapper = cfg.optim_wrapper
-    if True:
+    if torch.cuda.is_available():
         if wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
             print_log('AMP is already enabled in the config.',
                       logger='current')
@@ -161,3 +169,50 @@ def build_runner(cfg: Config) -> Runner:
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def _leaf_datasets(dataset_cfg):
+    """The dataset configs under wrappers (ConcatDataset, RepeatDataset)."""
+    inner = dataset_cfg.get('dataset', dataset_cfg.get('datasets'))
+    if inner is None:
+        return [dataset_cfg]
+    inner = inner if isinstance(inner, (list, tuple)) else [inner]
+    return [leaf for cfg in inner for leaf in _leaf_datasets(cfg)]
+
+
+def check_datasets(cfg: Config, splits) -> None:
+    """Raise :class:`DataError` for a split whose dataset has no samples or
+    names sample files that do not exist, before training or testing
+    stops on it deep inside mmengine (an empty dataset fails there with
+    ``need at least one array to concatenate``).
+
+    Args:
+        cfg (Config): The config, with its default scope initialised (as
+            after :func:`build_runner`).
+        splits (Sequence[str]): e.g. ``('train', 'val')``.
+    """
+    from mmengine.registry import DATASETS
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not loader:
+            continue
+        for leaf in _leaf_datasets(loader['dataset']):
+            # not serialized: an empty one then builds, to be reported
+            dataset = DATASETS.build(dict(leaf, serialize_data=False))
+            where = ', '.join(f'{k}={leaf[k]!r}' for k in (
+                'type', 'data_root', 'ann_file', 'data_prefix') if k in leaf)
+            if len(dataset) == 0:
+                raise DataError(
+                    f'The {split} dataset ({where}) has no samples: check '
+                    f'ann_file and data_prefix, and filter_cfg, which '
+                    f'drops images without annotations.')
+            missing = [
+                info[key] for info in map(dataset.get_data_info,
+                                          range(len(dataset)))
+                for key in _SAMPLE_FILES
+                if info.get(key) and not osp.isfile(info[key])
+            ]
+            if missing:
+                raise DataError(
+                    f'The {split} dataset ({where}) names {len(missing)} '
+                    f'file(s) that do not exist, e.g. {missing[0]}.')

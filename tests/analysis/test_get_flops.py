@@ -1,4 +1,6 @@
 """Parameters and FLOPs, unfused and fused (tools/analysis/get_flops.py)."""
+import pytest
+
 from mmfalcon.analysis.complexity import (RATIO_COLUMNS, measure_complexity,
                                          unused_submodules)
 from mmfalcon.apis import init_model
@@ -23,6 +25,7 @@ def test_fused_is_smaller_for_falconnet(config_path):
     assert rows['model unfused'].params > rows['backbone unfused'].params
 
 
+@pytest.mark.slow
 def test_get_flops_tool(config_path, run_tool):
     out = run_tool('analysis/get_flops.py', config_path(DEMO), '--shape',
                    '96', '128', '--markdown')

@@ -26,7 +26,7 @@ def test_deeplabv3_fused_equals_unfused(config, dtype, randomize_bn,
     # see test_ssdlite_fusion.py.
     model = randomize_bn(build_segmentor(config_path(config))).to(
         dtype).eval()
-    x = torch.randn(1, 3, 131, 197, dtype=dtype)  # non-square, odd
+    x = torch.randn(1, 3, 67, 99, dtype=dtype)  # non-square, odd
     with torch.no_grad():
         before = model._forward(x)
         mmfalcon.fuse_model(model)
