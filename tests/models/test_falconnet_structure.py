@@ -159,7 +159,10 @@ def base_calls():
 
 
 def test_stem_table(base_calls):
-    assert [r for r, _, _ in base_calls[:len(STEM)]] == STEM
+    rows = [r for r, _, _ in base_calls[:len(STEM) + 1]]
+    assert rows[:-1] == STEM
+    # nothing between the stem and the first block's channel op
+    assert rows[-1] == BLOCKS[WIDTHS[0]][0][0]
 
 
 def test_subsampling_and_block_tables(base_calls):
