@@ -2,7 +2,7 @@
 # into .venv first (idempotent; TORCH_SPEC overrides the torch wheel).
 PY := .venv/bin/python
 
-.PHONY: setup demo demo-parcnet demo-seg test
+.PHONY: setup demo demo-parcnet demo-seg test test-unit
 setup:
 	bash scripts/setup_env.sh
 
@@ -17,3 +17,7 @@ demo-seg: setup
 
 test: setup
 	$(PY) -m pytest tests -q
+
+# the unit lane: everything but training, distributed runs, exports, benchmarks
+test-unit: setup
+	$(PY) -m pytest tests -q -m "not slow"
