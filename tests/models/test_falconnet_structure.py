@@ -254,11 +254,10 @@ def test_meta_light_block_op_order():
     model = FalconNet(arch='base', out_indices=(3, )).eval()
     ops = (RefCO, RepSO, nn.ReLU)
     blocks = [m for m in model.modules()
-              if isinstance(m, nn.Module) and any(
-                  isinstance(c, RepSO) for c in m.children())]
+              if any(isinstance(c, RepSO) for c in m.children())]
     assert len(blocks) == sum(DEPTHS)
     records, handles = [], []
-    for index, block in enumerate(blocks):
+    for block in blocks:
         calls = []
         records.append(calls)
         handles.append(block.register_forward_hook(

@@ -33,7 +33,8 @@ def build_channel_op(in_channels, out_channels, reduction, num_branches,
 
 
 class MetaLightBlock(nn.Module):
-    """Meta Light Block (FalconNet spec section 2).
+    """Meta Light Block (FalconNet paper, "Exploring the Meta Basic
+    Block").
 
     ``x + channel_op2(act(RepSO(act(channel_op1(x)))))`` with RefCO as both
     channel operators (C -> lambda*C -> C) and RepSO as spatial operator.
@@ -92,13 +93,15 @@ LIGHTNET_BLOCKS = {
     'SandglassBlock': SandglassBlock,
 }
 
-# Where the stem's shortcut joins (spec 1 [choice]); it can only wrap the
-# stride-1 3x3 DW conv, the one stem layer whose input and output match.
+# Where the stem's shortcut joins (the paper only draws it); it can only
+# wrap the stride-1 3x3 DW conv, the one stem layer whose input and output
+# shapes match.
 STEM_SHORTCUTS = ('after_act', 'before_act', None)
 
 
 class LightNetStem(nn.Module):
-    """LightNet stem (FalconNet spec section 1), output stride 4.
+    """LightNet stem (FalconNet paper, "Designing the overall
+    architecture"), output stride 4.
 
     3x3 s2 conv -> 3x3 DW conv with a shortcut -> 1x1 conv -> 3x3 DW s2 conv
     (norm, no activation).
@@ -150,7 +153,8 @@ class LightNetStem(nn.Module):
 
 @register(MODELS)
 class FalconNet(FusableBackbone):
-    """FalconNet / LightNet backbone (FalconNet spec sections 1-5).
+    """FalconNet / LightNet backbone (Cai & Shen, "FalconNet: Factorization
+    for the Light-weight ConvNets", ICONIP 2023, arXiv 2306.06365).
 
     A LightNet frame (stem, four stages at strides 4/8/16/32, grouped 2x2
     subsampling between stages, optional 1x1 head conv) hosting Meta Light

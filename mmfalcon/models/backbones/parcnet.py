@@ -8,15 +8,15 @@ from ..layers.inverted_residual import InvertedResidual
 from ..layers.parc import ParCOuterFrame
 from .base import FusableBackbone, check_batch_norm, default_init_cfg
 
-# MV2 expansion of every inverted residual in ParC-Net (spec 3).
+# MV2 expansion of every inverted residual in ParC-Net (as in MobileViT).
 MV2_EXPAND_RATIO = 4
 
 
 @register(MODELS)
 class ParCNet(FusableBackbone):
-    """ParC-Net backbone (ParC-Net spec section 3; ECCV 2022, "ParC-Net:
-    Position Aware Circular Convolution with Merits from ConvNets and
-    Transformer").
+    """ParC-Net backbone (Zhang et al., "ParC-Net: Position Aware Circular
+    Convolution with Merits from ConvNets and Transformer", ECCV 2022,
+    arXiv 2203.03952; the network of its method section).
 
     MobileViT layout with the transformer replaced by ParC blocks: a stem,
     MV2 layers, then layers of one stride-2 MV2 + an outer frame, and the

@@ -34,7 +34,8 @@ def _is_compiling() -> bool:
 
 
 def resize_meta(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    """Resize a meta kernel / PE along ``dim`` to ``length`` (spec 1).
+    """Resize a meta kernel / PE along ``dim`` to ``length`` (ParC-Net
+    paper, ParC operation).
 
     1-D bilinear interpolation with ``align_corners=True``, as the official
     ``interpolation_bilinear`` instance-kernel method does.
@@ -52,7 +53,8 @@ def circular_conv(x: torch.Tensor, kernel: torch.Tensor,
     """Depthwise global circular conv: ``y[i] = sum_t k[t] x[(i+t) mod N]``.
 
     ``kernel`` has length N along ``dim``; appending the first N-1 entries
-    and running a valid conv realises the wrap-around (spec 1).
+    and running a valid conv realises the wrap-around (ParC-Net paper, ParC
+    operation).
     """
     length = x.shape[dim]
     padded = torch.cat([x, x.narrow(dim, 0, length - 1)], dim=dim)
@@ -81,7 +83,8 @@ def fold_norm_into_conv(norm: nn.modules.batchnorm._BatchNorm,
 
 
 class ParCFused(nn.Module):
-    """Deploy form of :class:`ParC` (spec 5): BN-folded kernel + bias map.
+    """Deploy form of :class:`ParC` (this project's): BN-folded kernel +
+    bias map.
 
     Kernels and bias maps are resized once per feature length and cached;
     a new input size gets its own cache entry. To export for a fixed input
@@ -174,13 +177,15 @@ class ParCFused(nn.Module):
 
 
 class ParC(FusableLayer):
-    """Position aware circular convolution (spec 1; "gcc" in the official
-    code): [+PE] -> [norm] -> depthwise global circular conv along H or W.
+    """Position aware circular convolution (ParC-Net paper, ParC operation;
+    "gcc" in the official code): [+PE] -> [norm] -> depthwise global
+    circular conv along H or W.
 
     The meta kernel (C,1,K,1) / (C,1,1,K) and the PE (1,C,K,1) / (1,C,1,K)
     are resized to the actual feature length along their own axis, so
-    non-square inputs work (spec 1 **[fix]**). Fused, the norm is folded
-    into the kernel and the constant PE / BN-shift terms into a bias map.
+    non-square inputs work (a fix: the official code sizes both from the
+    height). Fused, the norm is folded into the kernel and the constant PE
+    / BN-shift terms into a bias map.
 
     Args:
         channels (int): Channels C (depthwise).
@@ -260,7 +265,7 @@ class ParC(FusableLayer):
 
 
 class PreNormConv(FusableLayer):
-    """Norm -> 1x1 conv (-> norm) (-> act); fuses into one 1x1 conv (spec 5).
+    """Norm -> 1x1 conv (-> norm) (-> act); fuses into one 1x1 conv.
 
     Serves the FFN input layer (BN -> 1x1 + bias -> Hardswish) and the outer
     frame's final BN + channel adapter (BN -> grouped 1x1 -> BN -> SiLU).
@@ -316,7 +321,7 @@ class PreNormConv(FusableLayer):
 
 
 class ChannelAttention(nn.Module):
-    """Channel attention "ca" of the ParC block (spec 2, the "SE"):
+    """Channel attention "ca" of the ParC block (ParC-Net paper, the "SE"):
     ``x * gate(norm(1x1(act(norm(1x1(mean_hw(x)))))))``.
 
     Args:
@@ -347,8 +352,8 @@ class ChannelAttention(nn.Module):
 
 
 class ParCBlock(nn.Module):
-    """ParC block, meta-former style (spec 2; official ``gcc_ca``): a ParC
-    token mixer on two channel halves, then ``z + CA(FFN(z))``.
+    """ParC block, meta-former style (ParC-Net paper; official ``gcc_ca``):
+    a ParC token mixer on two channel halves, then ``z + CA(FFN(z))``.
 
     Half 1: +PE -> BN -> ParC-H -> +PE -> ParC-W; half 2 the same with W
     first. Each half has its own residual.
@@ -405,8 +410,9 @@ class ParCBlock(nn.Module):
 
 
 class ParCOuterFrame(nn.Module):
-    """Outer frame (spec 3): the MobileViT block with its transformer
-    replaced by ParC blocks; local conv -> ParC blocks -> fuse with input.
+    """Outer frame (ParC-Net paper): the MobileViT block with its
+    transformer replaced by ParC blocks; local conv -> ParC blocks -> fuse
+    with input.
 
     ``local_rep`` (3x3 grouped conv + norm + act), ``proj`` (dense 1x1, no
     norm), the ParC blocks, ``channel_adaptive`` (norm -> grouped 1x1 ->

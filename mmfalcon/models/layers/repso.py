@@ -6,7 +6,8 @@ from ..fusion import (FusableLayer, bn_scale_shift, fold_conv_bn,
 
 
 class RepSO(FusableLayer):
-    """Re-parameterizable spatial operator (FalconNet spec section 3).
+    """Re-parameterizable spatial operator (FalconNet paper, "Strengthen
+    the Spatial Operator").
 
     Training: N parallel 3x3 depthwise convs, a 1x3, a 3x1 and a 1x1
     depthwise conv and (stride 1 only) an identity branch, each with its own

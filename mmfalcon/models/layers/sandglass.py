@@ -6,7 +6,8 @@ from .conv_norm import ConvNorm
 
 class SandglassBlock(nn.Module):
     """MobileNeXt's sandglass block (Zhou et al., ECCV 2020), one of the
-    blocks the FalconNet paper drops into LightNet (FalconNet spec 1).
+    blocks the FalconNet paper drops into LightNet ("Designing the overall
+    architecture").
 
     The inverted residual turned inside out: the shortcut joins the wide
     ends and the depthwise convs run on the wide tensor, 3x3 DW (+act) ->

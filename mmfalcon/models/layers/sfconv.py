@@ -10,13 +10,15 @@ from ..fusion import FusableLayer, fold_conv_bn
 
 def sfconv_params(in_channels: int, out_channels: int, window: int,
                   reduction: int) -> int:
-    """Weights of an SF-Conv pair: C_in*K/R + C_in*C_out/K (spec 4.3)."""
+    """Weights of an SF-Conv pair: C_in*K/R + C_in*C_out/K (FalconNet
+    paper, "Sparsely Factorized 1x1 Conv")."""
     return in_channels * window // reduction + (
         in_channels * out_channels // window)
 
 
 def is_feasible_window(in_channels, out_channels, window, reduction) -> bool:
-    """K divides C_in, R divides K and K/R divides C_out (spec 4.4)."""
+    """K divides C_in, R divides K and K/R divides C_out (the windows
+    tile C_in and the second layer's groups split C_out)."""
     return (window > 0 and in_channels % window == 0
             and window % reduction == 0
             and out_channels % (window // reduction) == 0)
@@ -86,7 +88,8 @@ class FactorizedPointwise(nn.Module):
 
 
 class SFConv(FusableLayer):
-    """Sparse factorized 1x1 conv with full receptive range (spec 4.1-4.4).
+    """Sparse factorized 1x1 conv with full receptive range (FalconNet
+    paper, "Factorize the Channel Operator": receptive range, SF-Conv).
 
     A grouped 1x1 conv C_in -> C_in/R (G = C_in/K windows), a channel
     shuffle, and a grouped 1x1 conv C_in/R -> C_out (K/R groups), each
@@ -176,7 +179,8 @@ class SFConv(FusableLayer):
 
 
 class RefCO(SFConv):
-    """Re-parameterizable factorized channel operator (spec section 4).
+    """Re-parameterizable factorized channel operator (FalconNet paper,
+    "Factorize the Channel Operator": RefCO).
 
     M parallel first SF-Convs (own BN each) summed, then M parallel second
     SF-Convs summed; all share one sparsity pattern, so each layer folds
