@@ -181,8 +181,9 @@ def _leaf_datasets(dataset_cfg):
 
 
 def check_datasets(cfg: Config, splits) -> None:
-    """Raise :class:`DataError` for a split whose dataset has no samples or
-    names sample files that do not exist, before training or testing
+    """Raise :class:`DataError` for a split whose dataset's annotation file
+    is missing, which has no samples or names sample files that do not
+    exist, before training or testing
     stops on it deep inside mmengine (an empty dataset fails there with
     ``need at least one array to concatenate``).
 
@@ -197,6 +198,12 @@ def check_datasets(cfg: Config, splits) -> None:
         if not loader:
             continue
         for leaf in _leaf_datasets(loader['dataset']):
+            ann_file = leaf.get('ann_file')
+            if ann_file and not osp.isabs(ann_file):
+                ann_file = osp.join(leaf.get('data_root') or '', ann_file)
+            if ann_file and not osp.isfile(ann_file):
+                raise DataError(f'The {split} dataset\'s ann_file {ann_file} '
+                                f'does not exist.')
             # not serialized: an empty one then builds, to be reported
             dataset = DATASETS.build(dict(leaf, serialize_data=False))
             where = ', '.join(f'{k}={leaf[k]!r}' for k in (

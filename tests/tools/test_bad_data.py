@@ -41,6 +41,14 @@ def test_missing_image_is_named(shapes, cfg):
         check_datasets(cfg, ('train', ))
 
 
+def test_missing_annotation_file_is_named(shapes, cfg):
+    os.remove(shapes / 'data/shapes_coco/annotations/instances_val.json')
+    with pytest.raises(DataError, match="val dataset's ann_file "
+                       'data/shapes_coco/annotations/instances_val.json '
+                       'does not exist'):
+        check_datasets(cfg, ('train', 'val'))
+
+
 def test_empty_dataset_is_named(shapes, cfg):
     ann = shapes / 'data/shapes_coco/annotations/instances_train.json'
     coco = json.loads(ann.read_text())

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mmfalcon.apis import init_model
+from mmfalcon.datasets import make_coco_shapes
 from mmfalcon.fileio import TRUST_ENV, TRUST_FLAG
 
 DEMO = 'demo/ssdlite_falcon_shapes.py'
@@ -45,7 +46,9 @@ def test_tool_refuses_code_running_checkpoint(run, crafted_checkpoint,
     image = tmp_path / 'scene.jpg'
     image.write_bytes(b'')  # never read: the checkpoint is refused first
     script, args = tool_runs(config_path(DEMO), ckpt, tmp_path, image)[run]
-    out = run_tool(script, *args, env=clean_env, ok=False)
+    make_coco_shapes(str(tmp_path / 'data' / 'shapes_coco'), num_train=2,
+                     num_val=1, seed=1)  # the config's data, in cwd
+    out = run_tool(script, *args, cwd=tmp_path, env=clean_env, ok=False)
     assert f'Refused to load {ckpt}' in out.stderr, out.log[-3000:]
     assert 'posix.system' in out.stderr and TRUST_FLAG in out.stderr
     assert 'Traceback' not in out.stderr
