@@ -19,8 +19,8 @@ from mmfalcon.deployment.wrapper import TensorForward, input_size_from_config
 from mmfalcon.apis import init_model
 from mmfalcon.models import FalconNet, ParCNet
 
-CONFIGS = ('ssdlite_falcon_coco.py', 'ssdlite_parcnet_coco.py',
-           'deeplabv3_falcon_voc.py', 'deeplabv3_parcnet_voc.py')
+CONFIGS = ('falconnet/ssdlite_falcon_coco.py', 'parcnet/ssdlite_parcnet_coco.py',
+           'falconnet/deeplabv3_falcon_voc.py', 'parcnet/deeplabv3_parcnet_voc.py')
 CONFIG_DIR = osp.join(osp.dirname(__file__), '..', '..', 'configs')
 
 
@@ -97,7 +97,7 @@ def models_at(size):
         if input_size_from_config(cfg)[0] != size:
             continue
         model = TensorForward(init_model(cfg, fuse=False))
-        rows += pair(osp.splitext(name)[0], evaluated(model))
+        rows += pair(osp.splitext(osp.basename(name))[0], evaluated(model))
     return rows
 
 

@@ -3,6 +3,6 @@
 # iterations, 4 GPUs x 4 images, output stride 8, ASPP rates 12/24/36), as
 # for its dilated MobileNetV2; FalconNet has no official recipe.
 _base_ = [
-    '_base_/models/deeplabv3_falcon.py', '_base_/datasets/voc12_aug.py',
-    '_base_/schedules/seg_sgd_poly_20k.py', '_base_/seg_runtime.py'
+    '../_base_/models/deeplabv3_falcon.py', '../_base_/datasets/voc12_aug.py',
+    '../_base_/schedules/seg_sgd_poly_20k.py', '../_base_/seg_runtime.py'
 ]
