@@ -7,6 +7,7 @@ not. Usage: python tools/analysis/benchmark.py [--runs 30] [--markdown]
 """
 import argparse
 import copy
+import os
 import os.path as osp
 
 import torch
@@ -39,13 +40,66 @@ def evaluated(model):
     return model
 
 
+MMPRETRAIN_WHEEL = osp.expanduser(os.environ.get(
+    'MMPRETRAIN_WHEEL',
+    '~/.cache/mmfalcon/mmpretrain-1.2.0-py2.py3-none-any.whl'))
+MMPRETRAIN_FETCH = ('pip download --no-deps mmpretrain==1.2.0 '
+                    '-d ~/.cache/mmfalcon')
+
+
+def _mmpretrain_from_wheel(wheel):
+    """mmpretrain's MobileViT class, imported straight from its wheel (a zip
+    archive) without running the ``__init__`` of ``mmpretrain``, its
+    ``models``, ``models.backbones`` or ``models.utils``: those import every
+    dataset, backbone and helper, hence torchvision (no build for this CPU
+    torch), einops and importlib_metadata. Empty stand-ins of these packages
+    point their ``__path__`` into the wheel, so submodules load as usual;
+    the utils stand-in gets the names of the few helper files that
+    MobileViT's own imports (MobileNetV2, the ViT encoder layer) use."""
+    import importlib
+    import sys
+    import types
+    for name in ('mmpretrain', 'mmpretrain.models',
+                 'mmpretrain.models.backbones', 'mmpretrain.models.utils'):
+        if name not in sys.modules:
+            package = types.ModuleType(name)
+            package.__path__ = [osp.join(wheel, *name.split('.'))]
+            sys.modules[name] = package
+    utils = sys.modules['mmpretrain.models.utils']
+    for helper in ('helpers', 'make_divisible', 'norm', 'layer_scale',
+                   'attention', 'swiglu_ffn', 'embed'):
+        module = importlib.import_module(f'mmpretrain.models.utils.{helper}')
+        for key, value in vars(module).items():
+            # only what the file defines, not what it imports (embed.py
+            # imports mmcv's build_norm_layer, norm.py defines its own)
+            if getattr(value, '__module__', None) == module.__name__:
+                setattr(utils, key, value)
+    return importlib.import_module(
+        'mmpretrain.models.backbones.mobilevit').MobileViT
+
+
 def mobilevit_s():
-    """MobileViT-S from mmpretrain, or the reason it is unavailable."""
+    """mmpretrain 1.2.0's MobileViT-S (stages 3-4, as SSDLite and DeepLabV3
+    heads take them) and a note on how it was loaded, or ``None`` and the
+    reason it is unavailable.
+
+    An installed mmpretrain is used as it is; else its wheel at
+    ``$MMPRETRAIN_WHEEL`` (default under ``~/.cache/mmfalcon``), fetched by
+    ``MMPRETRAIN_FETCH``, is imported without its torchvision imports."""
     try:
         from mmpretrain.models.backbones import MobileViT
+        note = 'mmpretrain MobileViT'
     except Exception as exc:  # noqa: BLE001 - any import failure
-        return None, f'unavailable: mmpretrain import failed ({exc!r:.60})'
-    return evaluated(MobileViT(arch='small', out_indices=(3, 4))), ''
+        if not osp.isfile(MMPRETRAIN_WHEEL):
+            return None, (f'unavailable: mmpretrain import failed '
+                          f'({exc!r:.60}); fetch {MMPRETRAIN_FETCH}')
+        try:
+            MobileViT = _mmpretrain_from_wheel(MMPRETRAIN_WHEEL)
+        except Exception as exc:  # noqa: BLE001 - any import failure
+            return None, f'unavailable: {MMPRETRAIN_WHEEL}: {exc!r:.80}'
+        note = ('mmpretrain 1.2.0 MobileViT, model code imported from the '
+                'wheel without the package __init__ (torchvision)')
+    return evaluated(MobileViT(arch='small', out_indices=(3, 4))), note
 
 
 def pair(name, model, refs=(), sfconv_impls=(None, )):
