@@ -1,8 +1,16 @@
-# DeepLabV3-FalconNet on PASCAL VOC 2012 + SBD aug, 512x512 crops, 21
-# classes. Recipe: mmseg's DeepLabV3 VOC-aug one (SGD 0.01, poly, 20k
-# iterations, 4 GPUs x 4 images, output stride 8, ASPP rates 12/24/36), as
-# for its dilated MobileNetV2; FalconNet has no official recipe.
-_base_ = [
-    '../_base_/models/deeplabv3_falcon.py', '../_base_/datasets/voc12_aug.py',
-    '../_base_/schedules/seg_sgd_poly_20k.py', '../_base_/seg_runtime.py'
-]
+# DeepLabV3-FalconNet on PASCAL VOC 2012 + SBD aug, 512x512 crops: the light
+# one, on DeepLabV3-ParC-Net's recipe (the mobile setting of the ParC-Net and
+# MobileViT papers: output stride 16, ASPP 256 channels with rates 6/12/18,
+# AdamW, head lr x10), so the two backbones compare on one head and
+# schedule. mmseg's heavier recipe (os 8, ASPP 512): deeplabv3_falcon_os8_voc.py.
+_base_ = '../parcnet/deeplabv3_parcnet_voc.py'
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmfalcon.FalconNet',
+        arch='base',
+        out_indices=(2, 3),
+        out_stride=16,
+        norm_cfg={{_base_.norm_cfg}}),
+    decode_head=dict(in_channels=256),
+    auxiliary_head=dict(in_channels=128))

@@ -17,6 +17,7 @@ def build_segmentor(config, **model_overrides):
 
 @pytest.mark.parametrize('config,dtype', [
     ('falconnet/deeplabv3_falcon_voc.py', torch.float64),
+    ('falconnet/deeplabv3_falcon_os8_voc.py', torch.float64),
     ('parcnet/deeplabv3_parcnet_voc.py', torch.float32),
     ('demo/deeplabv3_falcon_shapes.py', torch.float32),
 ])
@@ -39,6 +40,7 @@ def test_deeplabv3_fused_equals_unfused(config, dtype, randomize_bn,
 
 
 @pytest.mark.parametrize('config', ['falconnet/deeplabv3_falcon_voc.py',
+                                    'falconnet/deeplabv3_falcon_os8_voc.py',
                                     'parcnet/deeplabv3_parcnet_voc.py'])
 def test_mmseg_model_level_pretrained_reaches_backbone(config, config_path):
     model = build_segmentor(config_path(config),
