@@ -1,7 +1,8 @@
 from .benchmark import (BenchmarkRow, count_flops, count_params,
-                        format_table, measure_latency)
+                        format_table, latency_samples, measure_latency,
+                        ratio_spread)
 
 __all__ = [
     'BenchmarkRow', 'count_params', 'count_flops', 'measure_latency',
-    'format_table'
+    'format_table', 'latency_samples', 'ratio_spread'
 ]

@@ -2,7 +2,7 @@
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,10 +33,12 @@ def count_flops(model: nn.Module, shape: Sequence[int]) -> Optional[int]:
 
 
 @torch.no_grad()
-def measure_latency(models: Dict[str, nn.Module], shape: Sequence[int],
-                    warmup: int = 10, runs: int = 50) -> Dict[str, float]:
-    """Median latency in ms of each model, runs interleaved round-robin so
-    that machine noise hits every model alike."""
+def latency_samples(models: Dict[str, nn.Module], shape: Sequence[int],
+                    warmup: int = 10, runs: int = 50
+                    ) -> Dict[str, List[float]]:
+    """Latencies in ms of each model, ``runs`` rounds interleaved
+    round-robin so that machine noise hits every model alike; entry ``i``
+    of every list is from round ``i``."""
     x = torch.randn(*shape)
     for model in models.values():
         model.eval()
@@ -48,7 +50,25 @@ def measure_latency(models: Dict[str, nn.Module], shape: Sequence[int],
             start = time.perf_counter()
             model(x)
             times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def measure_latency(models: Dict[str, nn.Module], shape: Sequence[int],
+                    warmup: int = 10, runs: int = 50) -> Dict[str, float]:
+    """Median latency in ms of each model (:func:`latency_samples`)."""
+    times = latency_samples(models, shape, warmup, runs)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def ratio_spread(times: Dict[str, List[float]], name: str,
+                 ref: str) -> Tuple[float, float, float]:
+    """Median and quartiles of the per-round latency ratio ``name / ref``
+    of :func:`latency_samples` (each round's pair ran back to back)."""
+    ratios = [a / b for a, b in zip(times[name], times[ref])]
+    if len(ratios) < 2:
+        return (ratios[0], ) * 3
+    low, mid, high = statistics.quantiles(ratios, n=4)
+    return mid, low, high
 
 
 def format_table(rows: List[BenchmarkRow], markdown: bool = False,

@@ -10,14 +10,14 @@ explicit padding, which ONNX Runtime accepts for dilated convs.
 import copy
 import warnings
 from importlib import import_module
-from typing import Dict, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .wrapper import TensorForward
+from .wrapper import TensorForward, _flatten
 
 DEFAULT_OPSET = 17
 
@@ -85,6 +85,52 @@ def _same_padded(module: nn.Module) -> bool:
         module.padding_mode == 'zeros')
 
 
+def export_module(module: nn.Module, shape: Sequence[int], path: str,
+                  opset: int = DEFAULT_OPSET,
+                  output_names: Optional[List[str]] = None
+                  ) -> Dict[str, list]:
+    """Export any module that maps one image tensor to a tensor or (nested)
+    tuples of tensors, e.g. a bare backbone, for a fixed input shape.
+
+    Args:
+        module (nn.Module): The module; set to eval mode, otherwise
+            unchanged (a copy is rewritten for export).
+        shape (Sequence[int]): Input shape ``(N, C, H, W)``.
+        path (str): The ``.onnx`` file to write.
+        opset (int): ONNX opset version. Defaults to 17.
+        output_names (list[str], optional): One name per flattened output.
+            Defaults to ``output0, output1, ...``.
+
+    Returns:
+        dict: ``input_names`` and ``output_names`` of the exported graph.
+    """
+    onnx = _require('onnx')
+    _check_shape(shape)
+    module.eval()
+    x = _example(shape)
+    input_names = ['input']
+    # This first run at the export shape also bakes the ParC kernels for it
+    # (ParCFused.bake), which the tracer below records as constants.
+    with torch.no_grad():
+        count = len(_flatten(module(x)))
+    if output_names is None:
+        output_names = [f'output{i}' for i in range(count)]
+    elif len(output_names) != count:
+        raise ValueError(f'{len(output_names)} output names for {count} '
+                         f'outputs: {output_names}')
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript-based exporter is chosen on purpose (module doc)
+        warnings.filterwarnings(
+            'ignore', message='You are using the legacy TorchScript',
+            category=DeprecationWarning)
+        torch.onnx.export(
+            _for_export(module), (x, ), path, dynamo=False,
+            opset_version=opset, input_names=input_names,
+            output_names=output_names, do_constant_folding=True)
+    onnx.checker.check_model(onnx.load(path))
+    return dict(input_names=input_names, output_names=output_names)
+
+
 def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
                 opset: int = DEFAULT_OPSET) -> Dict[str, list]:
     """Export the tensor forward of ``model`` for a fixed input shape.
@@ -102,26 +148,45 @@ def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
         dict: ``input_names`` and ``output_names`` of the exported graph
         (see :class:`~mmfalcon.deployment.TensorForward` for the names).
     """
-    onnx = _require('onnx')
     _check_shape(shape)
     model.eval()
-    wrapper = TensorForward(_for_export(model)).eval()
-    x = _example(shape)
-    input_names = ['input']
-    # This first run at the export shape also bakes the ParC kernels for it
-    # (ParCFused.bake), which the tracer below records as constants.
-    output_names = wrapper.output_names(x)
-    with torch.no_grad(), warnings.catch_warnings():
-        # the TorchScript-based exporter is chosen on purpose (module doc)
-        warnings.filterwarnings(
-            'ignore', message='You are using the legacy TorchScript',
-            category=DeprecationWarning)
-        torch.onnx.export(
-            wrapper, (x, ), path, dynamo=False, opset_version=opset,
-            input_names=input_names, output_names=output_names,
-            do_constant_folding=True)
-    onnx.checker.check_model(onnx.load(path))
-    return dict(input_names=input_names, output_names=output_names)
+    wrapper = TensorForward(model).eval()
+    return export_module(wrapper, shape, path, opset,
+                         wrapper.output_names(_example(shape)))
+
+
+class OnnxRuntimeModule(nn.Module):
+    """An ONNX file run by onnxruntime's CPU provider, called like the
+    module it was exported from: one tensor in, a tuple of tensors out.
+
+    So PyTorch-side tools (latency measurement, evaluation with the
+    model's own post-processing) take ONNX Runtime models unchanged.
+
+    Args:
+        path (str): The ``.onnx`` file (one input).
+        threads (int, optional): Intra-op threads; defaults to
+            ``torch.get_num_threads()``, so ONNX Runtime and PyTorch
+            latencies compare at the same parallelism.
+    """
+
+    def __init__(self, path: str, threads: Optional[int] = None):
+        super().__init__()
+        ort = _require('onnxruntime')
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.path = path
+        self.session = ort.InferenceSession(
+            path, options, providers=['CPUExecutionProvider'])
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ValueError(f'{path} has {len(inputs)} inputs; expected '
+                             f'one image tensor')
+        self.input_name = inputs[0].name
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        outputs = self.session.run(
+            None, {self.input_name: x.detach().cpu().numpy()})
+        return tuple(torch.from_numpy(out) for out in outputs)
 
 
 @torch.no_grad()
@@ -143,14 +208,11 @@ def check_onnx(model: nn.Module, path: str, shape: Sequence[int],
         PyTorch value): float32 rounding grows with the values, so an
         absolute bound fails large outputs that are correct.
     """
-    ort = _require('onnxruntime')
     _check_shape(shape)
     model.eval()
     x = _example(shape, seed)
     expected = TensorForward(model)(x)
-    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    (input_meta, ) = session.get_inputs()
-    actual = session.run(None, {input_meta.name: x.numpy()})
+    actual = [out.numpy() for out in OnnxRuntimeModule(path)(x)]
     if len(actual) != len(expected):
         raise RuntimeError(f'{path} has {len(actual)} outputs, PyTorch '
                            f'{len(expected)}')
