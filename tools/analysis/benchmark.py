@@ -3,19 +3,25 @@
 Models of one input size are timed in the same process, interleaved, so
 the ratios are meaningful on a shared, noisy machine; absolute times are
 not. Usage: python tools/analysis/benchmark.py [--runs 30] [--markdown]
-[--sizes 320 512] [--no-models]
+[--sizes 320 512] [--no-models] [--onnx]
+
+--onnx times the same models in ONNX Runtime instead, each exported as
+tools/deployment/export_onnx.py exports (fused models fused first).
 """
 import argparse
 import copy
 import os
 import os.path as osp
+import statistics
 
 import torch
 from mmengine.config import Config
 
 import mmfalcon
 from mmfalcon.analysis import (BenchmarkRow, count_flops, count_params,
-                               format_table, measure_latency)
+                               format_table, latency_samples,
+                               measure_latency, ratio_spread)
+from mmfalcon.deployment import OnnxRuntimeModule, export_module
 from mmfalcon.deployment.wrapper import TensorForward, input_size_from_config
 from mmfalcon.apis import init_model
 from mmfalcon.models import FalconNet, ParCNet
@@ -155,6 +161,53 @@ def models_at(size):
     return rows
 
 
+def onnx_rows(entries, shape, warmup, runs):
+    """The rows of ``entries`` timed in ONNX Runtime, interleaved: each
+    model exported like tools/deployment/export_onnx.py does (fixed input
+    shape, opset 17) and run by onnxruntime's CPU provider at the same
+    thread count. Params and FLOPs are the PyTorch model's. A ratio is the
+    median of the per-round ratios, its quartiles in the note; a model
+    that does not export is unavailable, with the reason."""
+    import tempfile
+    size = shape[-1]
+    # deployment runs fused models only (an unfused ParC-Net does not
+    # export: its kernels are resized to the input inside the graph)
+    entries = [entry for entry in entries
+               if not entry[0].endswith(' unfused')]
+    runtimes, notes = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, model, note, _) in enumerate(entries):
+            notes[name] = note
+            if model is None:
+                continue
+            path = osp.join(tmp, f'{i}.onnx')
+            try:
+                export_module(model, shape, path)
+                runtimes[name] = OnnxRuntimeModule(path)
+            except Exception as exc:  # noqa: BLE001 - reported in the row
+                notes[name] = f'unavailable: ONNX export failed ({exc!r:.80})'
+        times = latency_samples(runtimes, shape, warmup, runs)
+    table = []
+    for name, model, _, ratios in entries:
+        row = BenchmarkRow(f'{name} @{size} ORT', note=notes[name])
+        if name in runtimes:
+            row.params = count_params(model)
+            row.flops = count_flops(model, shape)
+            row.latency_ms = statistics.median(times[name])
+            spreads = []
+            for column, ref in ratios:
+                if ref in runtimes:
+                    mid, low, high = ratio_spread(times, name, ref)
+                    row.ratios[column] = mid
+                    spreads.append(f'{column} {low:.2f}-{high:.2f}')
+            if spreads:
+                row.note = '; '.join(
+                    ([row.note] if row.note else []) +
+                    [f'quartiles {", ".join(spreads)}'])
+        table.append(row)
+    return table
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--sizes', type=int, nargs='+', default=[320, 512])
@@ -163,6 +216,9 @@ def main():
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--no-models', action='store_true',
                         help='backbones only, not the configs\' models')
+    parser.add_argument('--onnx', action='store_true',
+                        help='time the models in ONNX Runtime (exported '
+                        'as export_onnx.py does) instead of PyTorch')
     parser.add_argument('--markdown', action='store_true')
     args = parser.parse_args()
     if args.threads:
@@ -173,6 +229,9 @@ def main():
         entries = backbones_at(size)
         if not args.no_models:
             entries += models_at(size)
+        if args.onnx:
+            table += onnx_rows(entries, shape, args.warmup, args.runs)
+            continue
         available = {name: m for name, m, _, _ in entries if m is not None}
         latency = measure_latency(available, shape, args.warmup, args.runs)
         for name, model, note, ratios in entries:
@@ -184,7 +243,8 @@ def main():
                 for column, ref in ratios:
                     row.ratios[column] = latency[name] / latency[ref]
             table.append(row)
-    print(f'Batch 1, {torch.get_num_threads()} threads, median of '
+    print(('ONNX Runtime (CPU provider), ' if args.onnx else '') +
+          f'Batch 1, {torch.get_num_threads()} threads, median of '
           f'{args.runs} interleaved runs after {args.warmup} warm-up runs; '
           'ratios compare latencies measured side by side.')
     print(format_table(table, markdown=args.markdown))
