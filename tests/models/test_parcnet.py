@@ -8,7 +8,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmfalcon.models import fuse_model
 from mmfalcon.models.backbones.parcnet import ParCNet
 from mmfalcon.converters.parcnet_official import convert_official_parcnet
-from mmfalcon.models.layers.parc import ParC, ParCFused, circular_conv
+from mmfalcon.models.layers.parc import (FFT_MIN_LENGTH, ParC, ParCFused,
+                                        circular_conv)
 
 S_CHANNELS = (16, 32, 64, 96, 128, 160, 640)
 S_STRIDES = (2, 2, 4, 8, 16, 32, 32)
@@ -226,6 +227,36 @@ def test_parc_fused_layer_and_cache(randomize_bn):
     assert list(parc.fused._cache) == [11]
     parc.to(torch.float64)  # device / dtype moves drop the cache
     assert parc.fused._cache == {}
+
+
+@pytest.mark.parametrize('direction', ['H', 'W'])
+@pytest.mark.parametrize('length', [7, FFT_MIN_LENGTH])
+def test_fused_circular_forms_are_exact(direction, length):
+    """The fused ParC's circulant matmul (short axes) and FFT product (from
+    FFT_MIN_LENGTH on) equal the concatenate-and-convolve reference to
+    float64 rounding; a tracer at any length gets the matmul form."""
+    torch.manual_seed(0)
+    fused = ParCFused(3, 5, direction, with_scale=True, with_bias=True)
+    for param in fused.parameters():
+        torch.nn.init.normal_(param)
+    fused = fused.double().eval()
+    dim = 2 if direction == 'H' else 3
+    shape = [2, 3, 4, 4]
+    shape[dim] = length
+    x = torch.randn(shape, dtype=torch.float64)
+    bias = fused.instance(length)[1]  # circular_conv of the bias source
+    kernel = torch.nn.functional.interpolate(
+        fused.kernel, [length, 1] if dim == 2 else [1, length],
+        mode='bilinear', align_corners=True) * fused.scale
+    ref = circular_conv(x, kernel, dim) + bias
+    with torch.no_grad():
+        out = fused(x)
+        assert fused._cache[length][0].is_complex() == (
+            length >= FFT_MIN_LENGTH)
+        traced = torch.jit.trace(fused, x, check_trace=False)
+    assert _max_err(out, ref) < 1e-12 * ref.abs().max().item()
+    assert 'fft' not in str(traced.inlined_graph)
+    assert _max_err(traced(x), ref) < 1e-12 * ref.abs().max().item()
 
 
 def test_baked_kernels_are_constants_of_a_trace(randomize_bn):

@@ -61,6 +61,37 @@ def circular_conv(x: torch.Tensor, kernel: torch.Tensor,
     return F.conv2d(padded, kernel, groups=x.shape[1])
 
 
+# From this feature length on, the fused ParC runs as an FFT product: below
+# it the circulant matmul was faster (ParC-Net-S's channel counts, 2 threads:
+# 3-5x at lengths 10-128, the FFT 1.4-2.3x faster at 256).
+FFT_MIN_LENGTH = 256
+
+
+def circulant(kernel: torch.Tensor, dim: int) -> torch.Tensor:
+    """Per-channel matrices M, shape (C, N, N), that compute
+    ``circular_conv(x, kernel, dim)`` as ``M @ x`` (``dim`` 2, H) or
+    ``x @ M`` (``dim`` 3, W); one matmul instead of a depthwise conv of
+    length N over 2N-1 concatenated positions."""
+    length = kernel.shape[dim]
+    taps = kernel.flatten(1)
+    steps = torch.arange(length, device=kernel.device)
+    # along H: y[i] = sum_j k[(j - i) mod N] x[j]
+    matrix = taps[:, (steps[None, :] - steps[:, None]) % length]
+    return matrix if dim == 2 else matrix.transpose(1, 2).contiguous()
+
+
+def apply_circular(x: torch.Tensor, operand: torch.Tensor,
+                   dim: int) -> torch.Tensor:
+    """``circular_conv`` by a precomputed operand: a real :func:`circulant`
+    matrix, or the complex spectrum ``conj(rfft(kernel))`` (C, N//2+1)."""
+    if operand.is_complex():
+        # circular cross-correlation = irfft(rfft(x) * conj(rfft(k)))
+        spectrum = operand[:, :, None] if dim == 2 else operand[:, None, :]
+        return torch.fft.irfft(
+            torch.fft.rfft(x, dim=dim) * spectrum, n=x.shape[dim], dim=dim)
+    return operand @ x if dim == 2 else x @ operand
+
+
 def fold_norm_into_conv(norm: nn.modules.batchnorm._BatchNorm,
                         weight: torch.Tensor, bias: Optional[torch.Tensor],
                         groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -86,12 +117,16 @@ class ParCFused(nn.Module):
     """Deploy form of :class:`ParC` (this project's): BN-folded kernel +
     bias map.
 
-    Kernels and bias maps are resized once per feature length and cached;
-    a new input size gets its own cache entry. To export for a fixed input
-    shape, run the model once at that shape first (:meth:`bake`): a tracer
-    (``torch.jit.trace``, ONNX export) then records the cached kernels as
-    constants. Traced without a cache entry, the resize is recorded as ops
-    on the parameters and nothing is cached.
+    The kernel is resized once per feature length and cached with its bias
+    map, as the circulant matrix of the length (:func:`circulant`), or its
+    spectrum from :data:`FFT_MIN_LENGTH` on: the faster exact form of each
+    length. A new input size gets its own cache entry. To export for a
+    fixed input shape, run the model once at that shape first
+    (:meth:`bake`): a tracer (``torch.jit.trace``, ONNX export) then records
+    the cached matrices as constants. Traced without a cache entry, the
+    resize is recorded as ops on the parameters and nothing is cached.
+    Tracers and training always get the matrix (ONNX has no FFT op that
+    torch's exporter writes).
 
     Args:
         channels (int): Channels C.
@@ -117,8 +152,10 @@ class ParCFused(nn.Module):
             torch.zeros(bias_shape)) if with_bias else None
         self._cache = {}
 
-    def instance(self, length: int):
-        """Kernel and bias map for a feature of ``length`` along the axis."""
+    def instance(self, length: int, spectrum: bool = False):
+        """Operand of :func:`apply_circular` and bias map for a feature of
+        ``length`` along the axis: the circulant matrix, or with
+        ``spectrum`` the kernel's conjugate spectrum."""
         kernel = resize_meta(self.kernel, length, self.dim)
         bias = None
         if self.bias is not None:
@@ -128,11 +165,13 @@ class ParCFused(nn.Module):
                 resize_meta(self.bias, length, self.dim), kernel, self.dim)
         if self.scale is not None:
             kernel = kernel * self.scale
-        return kernel, bias
+        if spectrum:
+            return torch.fft.rfft(kernel.flatten(1), dim=1).conj(), bias
+        return circulant(kernel, self.dim), bias
 
     @torch.no_grad()
     def bake(self, length: int) -> None:
-        """Cache the kernel and bias map for a feature of ``length``."""
+        """Cache the operand and bias map for a feature of ``length``."""
         self._cache[length] = self.instance(length)
 
     def _traced_instance(self, length):
@@ -144,21 +183,25 @@ class ParCFused(nn.Module):
             # is specific to its input shape anyway.
             warnings.simplefilter('ignore', torch.jit.TracerWarning)
             entry = self._cache.get(int(length))
-        return entry if entry is not None else self.instance(length)
+        if entry is None or entry[0].is_complex():
+            return self.instance(length)
+        return entry
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         length = x.shape[self.dim]
         if self.training or _is_compiling():
             # Training stays differentiable; compilers / torch.export must
             # see the ops on the parameters, not a cache of fake tensors.
-            kernel, bias = self.instance(length)
+            operand, bias = self.instance(length)
         elif torch.jit.is_tracing():
-            kernel, bias = self._traced_instance(length)
+            operand, bias = self._traced_instance(length)
         else:
             if length not in self._cache:
-                self.bake(length)
-            kernel, bias = self._cache[length]
-        out = circular_conv(x, kernel, self.dim)
+                with torch.no_grad():
+                    self._cache[length] = self.instance(
+                        length, spectrum=length >= FFT_MIN_LENGTH)
+            operand, bias = self._cache[length]
+        out = apply_circular(x, operand, self.dim)
         return out if bias is None else out + bias
 
     def train(self, mode: bool = True):
