@@ -1,4 +1,7 @@
-from mmengine.hooks import Hook
+from collections import deque
+
+from mmengine.dist import is_main_process
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
@@ -35,3 +38,34 @@ class FuseHook(Hook):
 
     def before_test(self, runner):
         self._fuse(runner, 'testing with fused weights')
+
+
+@register(HOOKS)
+class KeepingCheckpointHook(CheckpointHook):
+    """mmengine's ``CheckpointHook`` that removes the checkpoint falling out
+    of ``max_keep_ckpts`` only once the new one is saved.
+
+    mmengine 0.10 removes it first, so a crash while saving (with
+    ``max_keep_ckpts=1``) leaves no complete checkpoint to resume from.
+    Takes the arguments of ``CheckpointHook``.
+    """
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        keep = self.max_keep_ckpts
+        if keep <= 0:
+            return super()._save_checkpoint_with_step(runner, step, meta)
+        # hold the old one during the save (keep_ckpt_ids is a bounded deque)
+        self.keep_ckpt_ids = deque(self.keep_ckpt_ids, keep + 1)
+        self.max_keep_ckpts = keep + 1
+        try:
+            super()._save_checkpoint_with_step(runner, step, meta)
+        finally:
+            self.max_keep_ckpts = keep
+        while len(self.keep_ckpt_ids) > keep:
+            old = self.file_backend.join_path(
+                self.out_dir,
+                self.filename_tmpl.format(self.keep_ckpt_ids.popleft()))
+            if is_main_process() and self.file_backend.isfile(old):
+                self.file_backend.remove(old)
+        runner.message_hub.update_info('keep_ckpt_ids',
+                                       list(self.keep_ckpt_ids))
