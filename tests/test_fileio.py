@@ -161,3 +161,14 @@ def test_fused_checkpoint_metadata_and_training_refusal(
                            f'{"resume" if resume else "start"}.*epoch_2.pth'):
             check_trainable(path, resume)
     check_trainable(training_checkpoint(tmp_path / 'epoch_1.pth'), True)
+
+
+def test_resume_into_a_model_of_other_shapes_is_refused(tmp_path):
+    path = training_checkpoint(tmp_path / 'epoch_1.pth')  # FalconNet tiny
+    check_trainable(path, True, model=FalconNet('tiny'))
+    check_trainable(path, False, model=FalconNet('small'))  # load_from
+    with pytest.raises(CheckpointError,
+                       match=r'cannot resume from .*epoch_1.pth: \d+ '
+                       r'weight\(s\) have other shapes.*stem.*\(8, 3, 3, 3\) '
+                       r'in the checkpoint, \(12, 3, 3, 3\) in the model'):
+        check_trainable(path, True, model=FalconNet('small'))

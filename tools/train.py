@@ -44,9 +44,10 @@ def main():
         if not osp.isfile(args.resume):
             raise SystemExit(f'--resume {args.resume}: no such file')
         cfg.resume, cfg.load_from = True, args.resume
-    if cfg.get('load_from'):
-        check_trainable(cfg.load_from, resume=cfg.get('resume', False))
     runner = build_runner(cfg)
+    if cfg.get('load_from'):
+        check_trainable(cfg.load_from, resume=cfg.get('resume', False),
+                        model=runner.model)
     check_datasets(cfg, ('train', 'val') if cfg.get('val_cfg') else
                    ('train', ))
     runner.train()

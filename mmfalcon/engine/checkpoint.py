@@ -69,10 +69,15 @@ def _fused_meta(ckpt) -> Optional[dict]:
         else None
 
 
-def check_trainable(path: str, resume: bool) -> None:
+def check_trainable(path: str, resume: bool,
+                    model: Optional[nn.Module] = None) -> None:
     """Refuse to train from a fused checkpoint, which has neither the
-    training branches nor the optimizer state and counters to continue."""
-    meta = _fused_meta(load_checkpoint_file(path, map_location='cpu'))
+    training branches nor the optimizer state and counters to continue,
+    and to resume ``model`` from a checkpoint whose weights have other
+    shapes (mmengine would load it loosely, then fail deep inside the
+    optimizer)."""
+    ckpt = load_checkpoint_file(path, map_location='cpu')
+    meta = _fused_meta(ckpt)
     if meta is not None:
         source = meta.get('source_checkpoint')
         raise CheckpointError(
@@ -82,6 +87,25 @@ def check_trainable(path: str, resume: bool) -> None:
             f'{"resume" if resume else "start"} from it. Use the training '
             f'checkpoint it was fused from'
             + (f' ({source})' if source else '') + '.')
+    if not resume or model is None:
+        return
+    if is_model_wrapper(model):
+        model = model.module
+    saved = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
+    expected = model.state_dict()
+    mismatched = [
+        f'{key}: {tuple(saved[key].shape)} in the checkpoint, '
+        f'{tuple(value.shape)} in the model'
+        for key, value in expected.items()
+        if key in saved and hasattr(saved[key], 'shape')
+        and saved[key].shape != value.shape
+    ]
+    if mismatched:
+        raise CheckpointError(
+            f'cannot resume from {path}: {len(mismatched)} weight(s) have '
+            f'other shapes than the config\'s model, e.g. '
+            + '; '.join(mismatched[:3]) + '. Resume with the config it was '
+            'trained with, or start a new run with load_from.')
 
 
 def find_resume_checkpoint(work_dir: str) -> Optional[str]:
