@@ -2,7 +2,7 @@
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,25 +32,61 @@ def count_flops(model: nn.Module, shape: Sequence[int]) -> Optional[int]:
         return int(analyzer.total())
 
 
+def interleaved_times(calls: Dict[str, Callable[[], object]],
+                      warmup: int = 10,
+                      runs: int = 50) -> Dict[str, List[float]]:
+    """Times in ms of ``runs`` calls of each callable, run round-robin so
+    that machine noise hits every one alike; entry ``i`` of every list is
+    from round ``i``."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: Dict[str, List[float]] = {name: [] for name in calls}
+    for _ in range(runs):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
 @torch.no_grad()
 def latency_samples(models: Dict[str, nn.Module], shape: Sequence[int],
                     warmup: int = 10, runs: int = 50
                     ) -> Dict[str, List[float]]:
-    """Latencies in ms of each model, ``runs`` rounds interleaved
-    round-robin so that machine noise hits every model alike; entry ``i``
-    of every list is from round ``i``."""
+    """Latencies in ms of each model in eval mode, ``runs`` interleaved
+    rounds (:func:`interleaved_times`)."""
     x = torch.randn(*shape)
     for model in models.values():
         model.eval()
-        for _ in range(warmup):
-            model(x)
-    times: Dict[str, List[float]] = {name: [] for name in models}
-    for _ in range(runs):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model(x)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return times
+    return interleaved_times(
+        {name: (lambda m=model: m(x)) for name, model in models.items()},
+        warmup, runs)
+
+
+def _tensors(out) -> List[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for item in out for t in _tensors(item)]
+
+
+def train_step_samples(models: Dict[str, nn.Module], shape: Sequence[int],
+                       warmup: int = 3, runs: int = 20
+                       ) -> Dict[str, List[float]]:
+    """Times in ms of one training step of each model (train mode, forward,
+    the sum of the outputs' means as the loss, backward), ``runs``
+    interleaved rounds."""
+    x = torch.randn(*shape)
+
+    def step(model):
+        model.zero_grad(set_to_none=True)
+        sum(t.mean() for t in _tensors(model(x))).backward()
+
+    for model in models.values():
+        model.train()
+    return interleaved_times(
+        {name: (lambda m=model: step(m)) for name, model in models.items()},
+        warmup, runs)
 
 
 def measure_latency(models: Dict[str, nn.Module], shape: Sequence[int],
@@ -62,8 +98,8 @@ def measure_latency(models: Dict[str, nn.Module], shape: Sequence[int],
 
 def ratio_spread(times: Dict[str, List[float]], name: str,
                  ref: str) -> Tuple[float, float, float]:
-    """Median and quartiles of the per-round latency ratio ``name / ref``
-    of :func:`latency_samples` (each round's pair ran back to back)."""
+    """Median and quartiles of the per-round time ratio ``name / ref``
+    of :func:`interleaved_times` (each round's pair ran back to back)."""
     ratios = [a / b for a, b in zip(times[name], times[ref])]
     if len(ratios) < 2:
         return (ratios[0], ) * 3

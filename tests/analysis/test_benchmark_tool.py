@@ -21,3 +21,21 @@ def test_benchmark_prints_a_complete_table(run_tool):
         assert '-' not in (params, flops, latency), rows[name]
     vit = rows['MobileViT-S @96']
     assert 'unavailable' in vit[-1] or '-' not in vit[1:4], vit
+
+
+@pytest.mark.slow
+def test_benchmark_train_rows(run_tool):
+    out = run_tool('analysis/benchmark.py', '--train', '--runs', '2',
+                   '--warmup', '0', '--sizes', '64', '--batch', '2')
+    rows = {}
+    for line in out.stdout.splitlines():
+        cells = re.split(r'\s{2,}', line.strip())
+        rows[cells[0]] = cells
+    for name in ('FalconNet-base', 'ParC-Net-S os32',
+                 'mmdet MobileNetV2 (4, 7)'):
+        row = rows[f'{name} train @64 x2']
+        assert row[3] != '-', row  # median ms
+    assert 'quartiles: x MobileNetV2' in rows[
+        'FalconNet-base train @64 x2'][-1], out.stdout
+    vit = rows['MobileViT-S train @64 x2']
+    assert 'unavailable' in vit[-1] or vit[3] != '-', vit

@@ -3,9 +3,10 @@
 Models of one input size are timed in the same process, interleaved, so
 the ratios are meaningful on a shared, noisy machine; absolute times are
 not. Usage: python tools/analysis/benchmark.py [--runs 30] [--markdown]
-[--sizes 320 512] [--no-models] [--onnx]
+[--sizes 320 512] [--no-models] [--onnx] [--train [--batch 8]]
 
---onnx times the same models in ONNX Runtime instead, each exported as
+--train times training steps (forward + backward, batch 8) of the unfused
+backbones and their peers instead. --onnx times the same models in ONNX Runtime instead, each exported as
 tools/deployment/export_onnx.py exports (fused models fused first).
 """
 import argparse
@@ -20,7 +21,8 @@ from mmengine.config import Config
 import mmfalcon
 from mmfalcon.analysis import (BenchmarkRow, count_flops, count_params,
                                format_table, latency_samples,
-                               measure_latency, ratio_spread)
+                               measure_latency, ratio_spread,
+                               train_step_samples)
 from mmfalcon.deployment import OnnxRuntimeModule, export_module
 from mmfalcon.deployment.wrapper import TensorForward, input_size_from_config
 from mmfalcon.apis import init_model
@@ -208,6 +210,42 @@ def onnx_rows(entries, shape, warmup, runs):
     return table
 
 
+def train_rows(size, batch, warmup, runs):
+    """Training-step rows (forward + backward, train mode, batch ``batch``)
+    of the unfused backbones and their peers, interleaved."""
+    from mmdet.models.backbones import MobileNetV2
+    vit, vit_note = mobilevit_s()
+    parc_out_stride = 32 if size <= 320 else 16
+    entries = [
+        ('FalconNet-base', FalconNet(out_indices=(2, 3)), '',
+         [('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')]),
+        (f'ParC-Net-S os{parc_out_stride}',
+         ParCNet(arch='s', out_indices=(4, 5), out_stride=parc_out_stride),
+         '', [('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')] +
+         ([('x MobileViT-S', 'MobileViT-S')] if vit else [])),
+        ('mmdet MobileNetV2 (4, 7)', MobileNetV2(out_indices=(4, 7)), '', []),
+        ('MobileViT-S', vit, vit_note, []),
+    ]
+    shape = (batch, 3, size, size)
+    available = {name: m for name, m, _, _ in entries if m is not None}
+    times = train_step_samples(available, shape, warmup, runs)
+    rows = []
+    for name, model, note, ratios in entries:
+        row = BenchmarkRow(f'{name} train @{size} x{batch}', note=note)
+        if model is not None:
+            row.params = count_params(model)
+            row.latency_ms = statistics.median(times[name])
+            spreads = []
+            for column, ref in ratios:
+                mid, low, high = ratio_spread(times, name, ref)
+                row.ratios[column] = mid
+                spreads.append(f'{column} {low:.2f}-{high:.2f}')
+            if spreads:
+                row.note = 'per-round quartiles: ' + ', '.join(spreads)
+        rows.append(row)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--sizes', type=int, nargs='+', default=[320, 512])
@@ -219,12 +257,20 @@ def main():
     parser.add_argument('--onnx', action='store_true',
                         help='time the models in ONNX Runtime (exported '
                         'as export_onnx.py does) instead of PyTorch')
+    parser.add_argument('--train', action='store_true',
+                        help='training steps (forward + backward) of the '
+                        'backbones instead of inference')
+    parser.add_argument('--batch', type=int, default=8,
+                        help='batch of --train (inference is batch 1)')
     parser.add_argument('--markdown', action='store_true')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     table = []
     for size in args.sizes:
+        if args.train:
+            table += train_rows(size, args.batch, args.warmup, args.runs)
+            continue
         shape = (1, 3, size, size)
         entries = backbones_at(size)
         if not args.no_models:
@@ -243,10 +289,17 @@ def main():
                 for column, ref in ratios:
                     row.ratios[column] = latency[name] / latency[ref]
             table.append(row)
-    print(('ONNX Runtime (CPU provider), ' if args.onnx else '') +
-          f'Batch 1, {torch.get_num_threads()} threads, median of '
-          f'{args.runs} interleaved runs after {args.warmup} warm-up runs; '
-          'ratios compare latencies measured side by side.')
+    if args.train:
+        print(f'Training step (train mode, forward + backward of the sum of '
+              f'the outputs\' means), batch {args.batch}, '
+              f'{torch.get_num_threads()} threads, median of {args.runs} '
+              f'interleaved rounds after {args.warmup} warm-up rounds; '
+              'ratios are medians of per-round ratios.')
+    else:
+        print(('ONNX Runtime (CPU provider), ' if args.onnx else '') +
+              f'Batch 1, {torch.get_num_threads()} threads, median of '
+              f'{args.runs} interleaved runs after {args.warmup} warm-up '
+              'runs; ratios compare latencies measured side by side.')
     print(format_table(table, markdown=args.markdown))
 
 
