@@ -202,6 +202,17 @@ def evaluate(model: nn.Module, runtime: nn.Module, shape: Sequence[int],
     return evaluator.evaluate(count)
 
 
+def _sqnr(signal: Sequence[np.ndarray], noisy: Sequence[np.ndarray]) -> float:
+    """20 log10(|signal| / |signal - noisy|) in dB over all arrays; inf
+    where they are equal (an all-zero tensor stays exact)."""
+    signal = np.concatenate([np.ravel(a) for a in signal]).astype(np.float64)
+    noise = signal - np.concatenate([np.ravel(a) for a in noisy])
+    noise_norm = np.linalg.norm(noise)
+    if noise_norm == 0:
+        return float('inf')
+    return float(20 * np.log10(np.linalg.norm(signal) / noise_norm))
+
+
 def layer_errors(fp32_path: str, int8_path: str,
                  inputs: Sequence[np.ndarray]) -> List[tuple]:
     """Where INT8 loses accuracy, node by node.
@@ -211,7 +222,7 @@ def layer_errors(fp32_path: str, int8_path: str,
     against the float model's tensor: 20 log10(|float| / |float - int8|),
     in dB, higher is better, all upstream error included. A node's loss is
     how far it lowers that ratio below its worst measured input's: its own
-    weight and output quantization.
+    weight and output quantization. Exact tensors have an infinite ratio.
 
     Args:
         fp32_path (str): The float model that was quantized.
@@ -238,11 +249,8 @@ def layer_errors(fp32_path: str, int8_path: str,
     # node's output range.
     matched = debug.create_activation_matching(activations['qdq'],
                                                activations['float'])
-    sqnr = {
-        tensor: debug.compute_signal_to_quantization_noice_ratio(
-            match['float'], match['post_qdq'])
-        for tensor, match in matched.items() if 'float' in match
-    }
+    sqnr = {tensor: _sqnr(match['float'], match['post_qdq'])
+            for tensor, match in matched.items() if 'float' in match}
     rows = []
     for node in onnx.load(fp32_path).graph.node:
         before = [sqnr[i] for i in node.input if i in sqnr]

@@ -48,12 +48,16 @@ def fused_random(cfg, randomize_bn):
 
 
 @pytest.fixture
-def det(tmp_path, config_path, randomize_bn):
-    """A random fused SSDLite-FalconNet demo model, exported and quantized
-    on 3 calibration images."""
+def det(tmp_path, config_path):
+    """A freshly initialized fused SSDLite-FalconNet demo model, exported
+    and quantized on 3 calibration images. Its BN statistics are left at
+    their initial values: random ones add offsets that swamp the
+    input-dependent part of the outputs (two images' outputs then differ
+    by only 8-11%), so no tolerance could tell a good INT8 model from a
+    miscalibrated one."""
     tmp = tmp_path
     cfg = small_cfg('demo/ssdlite_falcon_shapes.py', tmp, config_path)
-    model = fused_random(cfg, randomize_bn)
+    model = fused_random(cfg, lambda m: m)
     shape = (1, 3, *input_size_from_config(cfg))
     fp32, int8 = str(tmp / 'fp32.onnx'), str(tmp / 'int8.onnx')
     export_onnx(model, shape, fp32)
@@ -77,11 +81,12 @@ def test_int8_model_runs_close_to_fp32(det):
     int8 = OnnxRuntimeModule(det['int8'])(x)
     assert [t.shape for t in int8] == [t.shape for t in fp32]
     # Each 8-bit tensor is rounded to 1/255 of its calibrated range, and
-    # this random network of some 20 quantized layers compounds that: its
-    # largest output error is 6-8% of the output's scale (seeds 0-2). A
-    # graph calibrated on the wrong data saturates and errs by about 1.
+    # some 20 quantized layers compound that: the largest output error
+    # is 2.2% of the output's scale here. Calibrated on inputs scaled by
+    # 0.05 or 20 (ranges off), the same graph errs by 18-31%, and two
+    # different images' fp32 outputs differ by 23%.
     err = relative_error(int8, fp32)
-    assert err < 0.15, err
+    assert err < 0.06, err
     assert err > 1e-4  # really quantized, not the float graph copied
     import onnx
     ops = {node.op_type for node in onnx.load(det['int8']).graph.node}
@@ -93,11 +98,14 @@ def test_layer_errors_name_the_lossy_nodes(det):
     names = [row[0] for row in rows]
     assert any(name.startswith('/backbone/') for name in names)
     assert all(loss >= 0 for _, _, _, loss in rows)
-    # every quantized tensor of this random model: noise below a third of
-    # the signal's norm (> 10 dB; 21-52 dB measured) and really quantized
-    # (< 100 dB, i.e. relative noise above 1e-5)
-    assert all(10 < sqnr < 100 for _, _, sqnr, _ in rows), min(
-        rows, key=lambda row: row[2])
+    # Every quantized tensor of this model keeps its noise below a third
+    # of the signal's norm (> 10 dB) and really is quantized (< 100 dB,
+    # relative noise above 1e-5) or exact (inf: an all-zero tensor).
+    finite = [sqnr for _, _, sqnr, _ in rows if np.isfinite(sqnr)]
+    assert finite and all(10 < sqnr < 100 for sqnr in finite), min(finite)
+    # the per-node loss names backbone layers too, not only the head
+    assert any(loss > 0 and name.startswith('/backbone/')
+               for name, _, _, loss in rows)
 
 
 @pytest.mark.parametrize('name', ['demo/ssdlite_falcon_shapes.py',
