@@ -39,3 +39,26 @@ def test_benchmark_train_rows(run_tool):
         'FalconNet-base train @64 x2'][-1], out.stdout
     vit = rows['MobileViT-S train @64 x2']
     assert 'unavailable' in vit[-1] or vit[3] != '-', vit
+
+
+@pytest.mark.slow
+def test_benchmark_onnx_rows(run_tool):
+    """--onnx: the fused rows exported and timed in ONNX Runtime, ratios
+    with their quartiles; no unfused rows (deployment runs fused)."""
+    out = run_tool('analysis/benchmark.py', '--onnx', '--runs', '2',
+                   '--warmup', '0', '--sizes', '96', '--no-models')
+    assert out.stdout.startswith('ONNX Runtime')
+    rows = {}
+    for line in out.stdout.splitlines():
+        cells = re.split(r'\s{2,}', line.strip())
+        rows[cells[0]] = cells
+    assert not any('unfused' in name for name in rows), list(rows)
+    for name in ('FalconNet fused (matmul) @96 ORT',
+                 'mmdet MobileNetV2 (4, 7) @96 ORT',
+                 'ParC-Net-S os32 fused @96 ORT'):
+        params, flops, latency = rows[name][1:4]
+        assert '-' not in (params, flops, latency), rows[name]
+    falcon = rows['FalconNet fused (matmul) @96 ORT']
+    assert 'quartiles x MobileNetV2' in falcon[-1], falcon
+    vit = rows['MobileViT-S @96 ORT']
+    assert 'unavailable' in vit[-1] or '-' not in vit[1:4], vit
