@@ -18,8 +18,6 @@ import torch.nn.functional as F
 
 from .onnx import _require
 
-# Activations uint8, weights int8 per output channel: ONNX Runtime's x86
-# CPU kernels (U8S8). MinMax keeps every calibration value in range.
 CALIBRATION_METHODS = ('minmax', 'entropy', 'percentile')
 
 
@@ -133,6 +131,8 @@ def quantize_onnx(fp32_path: str, out_path: str,
         quantization.quantize_static(
             prepared, out_path,
             _reader(calibration, _input_name(fp32_path)),
+            # uint8 activations, int8 weights: onnxruntime's x86 CPU
+            # kernels (U8S8)
             quant_format=quantization.QuantFormat.QDQ,
             activation_type=quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8,
