@@ -14,11 +14,21 @@ from setuptools import find_packages, setup
 MIM_FILES = ('configs', 'tools', 'model-index.yml')
 
 
-def read_version():
+def read_version_file():
     namespace = {}
     with open('mmfalcon/version.py') as f:
         exec(f.read(), namespace)
-    return namespace['__version__']
+    return namespace
+
+
+VERSION_FILE = read_version_file()
+
+
+def supported(package):
+    """The pip spec of an OpenMMLab package's supported range, from the
+    table the import guard reads too."""
+    dist, minimum, maximum = VERSION_FILE['SUPPORTED_VERSIONS'][package]
+    return f'{dist}>={minimum},<{maximum}'
 
 
 def read_requirements(path):
@@ -57,7 +67,7 @@ def add_mim_extension():
 add_mim_extension()
 setup(
     name='mmfalcon',
-    version=read_version(),
+    version=VERSION_FILE['__version__'],
     description='FalconNet and ParC-Net lightweight backbones for '
     'MMDetection and MMSegmentation',
     long_description=open('README.md', encoding='utf-8').read(),
@@ -66,10 +76,11 @@ setup(
     include_package_data=True,
     package_data={'mmfalcon': ['.mim/**/*', '.mim/*']},
     python_requires='>=3.8',
-    install_requires=read_requirements('requirements/runtime.txt'),
+    install_requires=[supported('mmengine'), supported('mmcv')] +
+    read_requirements('requirements/runtime.txt'),
     extras_require=dict(
-        det=read_requirements('requirements/det.txt'),
-        seg=read_requirements('requirements/seg.txt'),
+        det=[supported('mmdet')] + read_requirements('requirements/det.txt'),
+        seg=[supported('mmseg')] + read_requirements('requirements/seg.txt'),
         deploy=read_requirements('requirements/deploy.txt'),
         tests=read_requirements('requirements/tests.txt')),
     zip_safe=False,

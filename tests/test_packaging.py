@@ -11,6 +11,7 @@ import zipfile
 import pytest
 
 from mmfalcon.datasets import make_coco_shapes
+from mmfalcon.version import SUPPORTED_VERSIONS
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +73,22 @@ def test_wheel_carries_configs_tools_and_model_index(installed, repo_root):
         for n in names if n.startswith('mmfalcon/.mim/configs/')
     }
     assert configs <= packed
+
+
+def test_wheel_requires_the_supported_ranges(installed):
+    wheel, _ = installed
+    archive = zipfile.ZipFile(wheel)
+    metadata = archive.read(next(
+        n for n in archive.namelist() if n.endswith('METADATA'))).decode()
+    requires = {line.split(': ', 1)[1] for line in metadata.splitlines()
+                if line.startswith('Requires-Dist: ')}
+    for package, extra in (('mmengine', None), ('mmcv', None),
+                           ('mmdet', 'det'), ('mmseg', 'seg')):
+        dist, minimum, maximum = SUPPORTED_VERSIONS[package]
+        spec = f'{dist}<{maximum},>={minimum}'
+        assert (spec if extra is None else f'{spec}; extra == "{extra}"'
+                ) in requires, (spec, requires)
+    assert 'mmdet' not in ' '.join(r for r in requires if 'extra' not in r)
 
 
 def test_installed_package_finds_its_configs(installed, tmp_path):
