@@ -12,6 +12,7 @@ Usage: python tools/deployment/quantize_onnx.py CONFIG CHECKPOINT OUT.onnx
            [--evaluate [--limit N]] [--layers K] [--runs 30]
 """
 import argparse
+import numbers
 import os.path as osp
 
 import torch
@@ -98,9 +99,10 @@ def main():
     if args.evaluate:
         for name, runtime in runtimes.items():
             metrics = evaluate(model, runtime, shape, args.limit)
+            # mmseg's metrics are numpy scalars, mmdet's Python floats
             print(f'{name} on the test set: ' + ', '.join(
-                f'{k}: {v:.4f}' for k, v in metrics.items()
-                if isinstance(v, float)))
+                f'{k}: {float(v):.4f}' for k, v in metrics.items()
+                if isinstance(v, numbers.Real)))
 
     if args.layers > 0:
         rows = layer_errors(fp32, args.out, calib[:4])
