@@ -148,6 +148,7 @@ def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
         dict: ``input_names`` and ``output_names`` of the exported graph
         (see :class:`~mmfalcon.deployment.TensorForward` for the names).
     """
+    _require('onnx')  # a missing package first, before any model check
     _check_shape(shape)
     model.eval()
     wrapper = TensorForward(model).eval()
