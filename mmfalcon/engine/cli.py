@@ -3,6 +3,7 @@
 The tools mirror mmdet's / mmseg's CLI and are task-agnostic: the task
 (detection or segmentation) comes from the config's ``default_scope``.
 """
+import argparse
 import os
 import os.path as osp
 from datetime import timedelta
@@ -41,6 +42,25 @@ def add_common_args(parser):
     # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     add_trust_argument(parser)
+
+
+class _ShapeAction(argparse.Action):
+    """``--shape H W`` or ``--shape SIZE`` (a square), stored as (H, W)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) not in (1, 2):
+            parser.error(f'{option_string} takes H W or one size, got '
+                         f'{" ".join(map(str, values))}')
+        setattr(namespace, self.dest, tuple(values) * (3 - len(values)))
+
+
+def add_shape_argument(parser) -> None:
+    """``--shape``: the input (H, W), None for the config's own (see
+    :func:`mmfalcon.deployment.input_size_from_config`)."""
+    parser.add_argument(
+        '--shape', type=int, nargs='+', metavar='SIZE', action=_ShapeAction,
+        help='input H W (or one size for a square); default: the test '
+        "pipeline's fixed resize, else 320 320")
 
 
 def run(main: Callable[[], None]) -> None:

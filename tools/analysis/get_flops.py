@@ -15,15 +15,13 @@ from mmfalcon.analysis.benchmark import format_table
 from mmfalcon.analysis.complexity import measure_complexity
 from mmfalcon.deployment import input_size_from_config
 from mmfalcon.apis import init_model
+from mmfalcon.engine.cli import add_shape_argument
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='config file path')
-    parser.add_argument(
-        '--shape', type=int, nargs='+', metavar='SIZE',
-        help='input H W (or one size for a square); default: the test '
-        "pipeline's fixed resize, else 320 320")
+    add_shape_argument(parser)
     parser.add_argument('--markdown', action='store_true',
                         help='print a Markdown table')
     parser.add_argument(
@@ -34,17 +32,11 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if args.shape is not None and len(args.shape) not in (1, 2):
-        raise SystemExit(f'--shape takes H W or one size, got {args.shape}')
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     model = init_model(cfg, None, fuse=False)
-    if args.shape is None:
-        height, width = input_size_from_config(cfg)
-    else:
-        height, width = args.shape * (3 - len(args.shape))
-    shape = (1, 3, height, width)
+    shape = (1, 3) + (args.shape or input_size_from_config(cfg))
     rows = measure_complexity(model, shape)
     print(f'{args.config}, input {list(shape)}:')
     print(format_table(list(rows.values()), markdown=args.markdown,

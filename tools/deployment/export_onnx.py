@@ -14,7 +14,7 @@ import os.path as osp
 from mmfalcon.deployment import (DEFAULT_OPSET, check_onnx, export_onnx,
                                  input_size_from_config)
 from mmfalcon.apis import init_model
-from mmfalcon.engine.cli import run
+from mmfalcon.engine.cli import add_shape_argument, run
 from mmfalcon.fileio import add_trust_argument
 
 
@@ -23,10 +23,7 @@ def parse_args():
     parser.add_argument('config', help='config file path')
     parser.add_argument('checkpoint', help='training or fused checkpoint')
     parser.add_argument('out', help='the .onnx file to write')
-    parser.add_argument(
-        '--shape', type=int, nargs='+', metavar='SIZE',
-        help='input H W (or one size for a square); default: the test '
-        "pipeline's fixed resize, else 320 320")
+    add_shape_argument(parser)
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
                         help=f'ONNX opset version (default {DEFAULT_OPSET})')
     parser.add_argument(
@@ -42,14 +39,8 @@ def main():
     args = parse_args()
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint}: no such file')
-    if args.shape is not None and len(args.shape) not in (1, 2):
-        raise SystemExit(f'--shape takes H W or one size, got {args.shape}')
     model = init_model(args.config, args.checkpoint, fuse=True)
-    if args.shape is None:
-        height, width = input_size_from_config(model.cfg)
-    else:
-        height, width = args.shape * (3 - len(args.shape))
-    shape = (1, 3, height, width)
+    shape = (1, 3) + (args.shape or input_size_from_config(model.cfg))
     try:
         names = export_onnx(model, shape, args.out, args.opset)
         err = check_onnx(model, args.out, shape)

@@ -23,7 +23,7 @@ from mmfalcon.deployment import (CALIBRATION_METHODS, OnnxRuntimeModule,
                                  calibration_inputs, check_onnx, evaluate,
                                  export_onnx, input_size_from_config,
                                  layer_errors, quantize_onnx)
-from mmfalcon.engine.cli import run
+from mmfalcon.engine.cli import add_shape_argument, run
 from mmfalcon.fileio import add_trust_argument
 
 
@@ -35,10 +35,7 @@ def parse_args():
     parser.add_argument(
         '--fp32', help='where to write the float export (default: OUT with '
         '_fp32 before .onnx)')
-    parser.add_argument(
-        '--shape', type=int, nargs='+', metavar='SIZE',
-        help='input H W (or one size for a square); default: the test '
-        "pipeline's fixed resize, else 320 320")
+    add_shape_argument(parser)
     parser.add_argument('--calib-images', type=int, default=32,
                         help='test images to calibrate on (default 32)')
     parser.add_argument('--method', choices=CALIBRATION_METHODS,
@@ -63,19 +60,13 @@ def main():
     args = parse_args()
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint}: no such file')
-    if args.shape is not None and len(args.shape) not in (1, 2):
-        raise SystemExit(f'--shape takes H W or one size, got {args.shape}')
     if args.calib_images < 1:
         raise SystemExit(f'--calib-images: the number of calibration images '
                          f'must be >= 1, got {args.calib_images}')
     if args.runs < 1:
         raise SystemExit(f'--runs must be >= 1, got {args.runs}')
     model = init_model(args.config, args.checkpoint, fuse=True)
-    if args.shape is None:
-        height, width = input_size_from_config(model.cfg)
-    else:
-        height, width = args.shape * (3 - len(args.shape))
-    shape = (1, 3, height, width)
+    shape = (1, 3) + (args.shape or input_size_from_config(model.cfg))
     fp32 = args.fp32 or osp.splitext(args.out)[0] + '_fp32.onnx'
     try:
         export_onnx(model, shape, fp32)
