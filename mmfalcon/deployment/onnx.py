@@ -5,18 +5,23 @@ here, when used. The export uses PyTorch's TorchScript-based exporter
 (``dynamo=False``): the fused ParC layers cache their kernels per input
 size, which that tracer records as constants of the fixed export size.
 Convs with ``padding='same'`` (the dilated FalconNet) are exported with
-explicit padding, which ONNX Runtime accepts for dilated convs.
+explicit padding, which ONNX Runtime accepts for dilated convs, and fused
+SF-Conv pairs as block-aligned grouped convs, the form ONNX Runtime runs
+fastest (:mod:`mmfalcon.deployment.sfconv_form`); both on a copy of the
+model.
 """
 import copy
 import warnings
 from importlib import import_module
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmfalcon.models.layers.sfconv import FactorizedPointwise
+from .sfconv_form import ExportFactorizedPointwise
 from .wrapper import TensorForward, _flatten
 
 DEFAULT_OPSET = 17
@@ -48,7 +53,9 @@ class _ExplicitPadConv2d(nn.Module):
 
     PyTorch exports ``'same'`` as ``auto_pad=SAME_UPPER``, which ONNX
     Runtime rejects for dilated convs; explicit padding (the extra pixel of
-    an odd total at the end, as PyTorch pads) runs everywhere.
+    an odd total at the end, as PyTorch pads) runs everywhere. An even
+    total is the conv's own symmetric padding, which saves ONNX Runtime a
+    separate Pad copy of the input.
     """
 
     def __init__(self, conv: nn.Conv2d):
@@ -58,31 +65,44 @@ class _ExplicitPadConv2d(nn.Module):
         for k, d in zip(reversed(conv.kernel_size), reversed(conv.dilation)):
             total = d * (k - 1)
             self.pads += [total // 2, total - total // 2]
+        self.symmetric = self.pads[0::2] == self.pads[1::2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
+        if self.symmetric:  # conv padding order: first dim first
+            return F.conv2d(x, conv.weight, conv.bias, conv.stride,
+                            tuple(reversed(self.pads[0::2])), conv.dilation,
+                            conv.groups)
         return F.conv2d(F.pad(x, self.pads), conv.weight, conv.bias,
                         conv.stride, 0, conv.dilation, conv.groups)
 
 
+def _export_form(module: nn.Module) -> Optional[Type[nn.Module]]:
+    """The module class that ``module`` is exported as (built from it), or
+    None when it is exported as it is: a zero-padded ``padding='same'``
+    conv as explicit padding, a fused SF-Conv pair in ONNX Runtime's fast
+    form."""
+    if isinstance(module, nn.Conv2d) and module.padding == 'same' and (
+            module.padding_mode == 'zeros'):
+        return _ExplicitPadConv2d
+    if isinstance(module, FactorizedPointwise):
+        return ExportFactorizedPointwise
+    return None
+
+
 def _for_export(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every zero-padded ``padding='same'`` conv
-    made explicit (:class:`_ExplicitPadConv2d`); ``model`` itself when it
-    has none."""
-    if not any(_same_padded(m) for m in model.modules()):
+    """A copy of ``model`` with every module that has an export form
+    (:func:`_export_form`) replaced by it; ``model`` itself when none has.
+    The caller's model is never changed."""
+    if all(_export_form(m) is None for m in model.modules()):
         return model
     model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):
-        if _same_padded(module):
+        form = _export_form(module)
+        if form is not None:
             parent, _, attr = name.rpartition('.')
-            setattr(model.get_submodule(parent), attr,
-                    _ExplicitPadConv2d(module))
+            setattr(model.get_submodule(parent), attr, form(module))
     return model
-
-
-def _same_padded(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.padding == 'same' and (
-        module.padding_mode == 'zeros')
 
 
 def export_module(module: nn.Module, shape: Sequence[int], path: str,
@@ -94,7 +114,9 @@ def export_module(module: nn.Module, shape: Sequence[int], path: str,
 
     Args:
         module (nn.Module): The module; set to eval mode, otherwise
-            unchanged (a copy is rewritten for export).
+            unchanged (a copy is rewritten for export: fused SF-Conv
+            pairs as :class:`~.sfconv_form.ExportFactorizedPointwise`,
+            whatever their PyTorch ``impl``).
         shape (Sequence[int]): Input shape ``(N, C, H, W)``.
         path (str): The ``.onnx`` file to write.
         opset (int): ONNX opset version. Defaults to 17.
