@@ -99,6 +99,8 @@ def _for_export(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):
         form = _export_form(module)
+        if form is not None and not name:  # the model itself
+            return form(module)
         if form is not None:
             parent, _, attr = name.rpartition('.')
             setattr(model.get_submodule(parent), attr, form(module))

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mmfalcon.apis import init_model
-from mmfalcon.deployment import (TensorForward, check_onnx, export_onnx,
+from mmfalcon.deployment import (OnnxRuntimeModule, TensorForward,
+                                 check_onnx, export_module, export_onnx,
                                  input_size_from_config)
 from mmfalcon.engine import save_fused_checkpoint
 from mmfalcon.models import fuse_model
@@ -101,3 +102,23 @@ def test_tensor_forward_rejects_non_mmdet_models():
     import torch.nn as nn
     with pytest.raises(TypeError, match='Linear has no _forward'):
         TensorForward(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize('kernel,dilation,pads', [(3, 2, 0), (2, 1, 1)])
+def test_same_padding_export(kernel, dilation, pads, tmp_path):
+    """A dilated ``padding='same'`` conv exports with explicit padding: the
+    conv's own where it is symmetric, a Pad node for an odd total."""
+    onnx = pytest.importorskip('onnx')
+    import torch.nn as nn
+    conv = nn.Conv2d(4, 4, kernel, padding='same', dilation=dilation,
+                     groups=4).eval()
+    path = str(tmp_path / 'conv.onnx')
+    shape = (1, 4, 9, 10)
+    export_module(conv, shape, path)
+    ops = [node.op_type for node in onnx.load(path).graph.node]
+    assert ops.count('Pad') == pads
+    x = torch.randn(shape)
+    with torch.no_grad():
+        expected = conv(x)
+    assert torch.allclose(OnnxRuntimeModule(path)(x)[0], expected,
+                          atol=1e-5)
