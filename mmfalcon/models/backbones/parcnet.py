@@ -1,5 +1,6 @@
 from typing import Sequence, Union
 
+import torch
 import torch.nn as nn
 
 from mmfalcon.registry import MODELS, register
@@ -27,6 +28,10 @@ class ParCNet(FusableBackbone):
     the last requested index are built (so official checkpoints load
     strictly) but not run; their parameters get ``requires_grad=False`` so
     distributed training does not wait for their gradients.
+
+    In eval mode the network runs, and returns its outputs, in the
+    channels_last memory format (the same values, faster convolutions on
+    CPU); in training mode and under a tracer, in the layout it is given.
 
     Args:
         arch (str | dict): ``'s'`` or ``'xs'``, or a dict with the keys of
@@ -57,7 +62,7 @@ class ParCNet(FusableBackbone):
             since fusion folds running statistics. Defaults to
             ``dict(type='BN')``.
         act_cfg (dict): Activation of the conv layers. Defaults to
-            ``dict(type='SiLU')``.
+            ``dict(type='SiLU', inplace=True)``.
         norm_eval (bool): Keep BN layers in eval mode while training.
             Defaults to False.
         deploy (bool): Build the fused (deploy) form directly.
@@ -100,7 +105,7 @@ class ParCNet(FusableBackbone):
                  use_pe: bool = True,
                  drop_rate: float = 0.1,
                  norm_cfg: dict = dict(type='BN'),
-                 act_cfg: dict = dict(type='SiLU'),
+                 act_cfg: dict = dict(type='SiLU', inplace=True),
                  norm_eval: bool = False,
                  deploy: bool = False,
                  pretrained=None,
@@ -202,6 +207,12 @@ class ParCNet(FusableBackbone):
         return tuple(sorted(set(result)))
 
     def forward(self, x):
+        if not self.training and not torch.jit.is_tracing():
+            # Inference runs channels_last: oneDNN convolves NHWC tensors
+            # directly instead of reordering every conv's input and output
+            # (ParCBlock gives its circulant products NCHW copies). A
+            # tracer gets the plain layout: ONNX has no memory format.
+            x = x.contiguous(memory_format=torch.channels_last)
         outs = []
         for i, name in enumerate(self.layer_names[:self._num_run]):
             x = getattr(self, name)(x)

@@ -372,16 +372,16 @@ class ChannelAttention(nn.Module):
         reduction (int): Hidden width = C // reduction. Defaults to 16.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Hidden activation. Defaults to
-            ``dict(type='HSwish')`` (PyTorch's Hardswish).
+            ``dict(type='HSwish', inplace=True)`` (PyTorch's Hardswish).
         gate_cfg (dict): Gate activation. Defaults to
-            ``dict(type='Hardsigmoid')``.
+            ``dict(type='Hardsigmoid', inplace=True)``.
         deploy (bool): Build fused convs directly. Defaults to False.
     """
 
     def __init__(self, channels: int, reduction: int = 16,
                  norm_cfg: dict = dict(type='BN'),
-                 act_cfg: dict = dict(type='HSwish'),
-                 gate_cfg: dict = dict(type='Hardsigmoid'),
+                 act_cfg: dict = dict(type='HSwish', inplace=True),
+                 gate_cfg: dict = dict(type='Hardsigmoid', inplace=True),
                  deploy: bool = False):
         super().__init__()
         hidden = channels // reduction
@@ -412,8 +412,9 @@ class ParCBlock(nn.Module):
         ca_reduction (int): Channel attention reduction. Defaults to 16.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         ffn_act_cfg (dict): FFN / CA hidden activation. Defaults to
-            ``dict(type='HSwish')``.
-        gate_cfg (dict): CA gate. Defaults to ``dict(type='Hardsigmoid')``.
+            ``dict(type='HSwish', inplace=True)``.
+        gate_cfg (dict): CA gate. Defaults to
+            ``dict(type='Hardsigmoid', inplace=True)``.
         deploy (bool): Build fused layers directly. Defaults to False.
     """
 
@@ -421,8 +422,8 @@ class ParCBlock(nn.Module):
                  use_pe: bool = False, ffn_drop_rate: float = 0.,
                  drop_rate: float = 0.1, ca_reduction: int = 16,
                  norm_cfg: dict = dict(type='BN'),
-                 ffn_act_cfg: dict = dict(type='HSwish'),
-                 gate_cfg: dict = dict(type='Hardsigmoid'),
+                 ffn_act_cfg: dict = dict(type='HSwish', inplace=True),
+                 gate_cfg: dict = dict(type='Hardsigmoid', inplace=True),
                  deploy: bool = False):
         super().__init__()
         if channels % 2:
@@ -447,8 +448,15 @@ class ParCBlock(nn.Module):
                                    deploy=deploy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x.chunk(2, dim=1)
+        # The circulant products run on contiguous (NCHW) channel maps; a
+        # channels_last input (ParCNet's inference layout) is copied to NCHW
+        # for them and the mixed result back, so the block's convs keep
+        # running on channels_last.
+        memory_format = torch.channels_last if x.is_contiguous(
+            memory_format=torch.channels_last) else torch.contiguous_format
+        x1, x2 = x.contiguous().chunk(2, dim=1)
         z = torch.cat([x1 + self.mixer_hw(x1), x2 + self.mixer_wh(x2)], dim=1)
+        z = z.contiguous(memory_format=memory_format)
         return z + self.ca(self.ffn(z))
 
 
@@ -475,7 +483,7 @@ class ParCOuterFrame(nn.Module):
         drop_rate (float): Dropout after each FFN. Defaults to 0.1.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation of the conv layers. Defaults to
-            ``dict(type='SiLU')``.
+            ``dict(type='SiLU', inplace=True)``.
         deploy (bool): Build fused layers directly. Defaults to False.
     """
 
@@ -483,7 +491,8 @@ class ParCOuterFrame(nn.Module):
                  num_blocks: int, kernel_size: int, fusion: str = 'concat',
                  use_pe: bool = True, drop_rate: float = 0.1,
                  norm_cfg: dict = dict(type='BN'),
-                 act_cfg: dict = dict(type='SiLU'), deploy: bool = False):
+                 act_cfg: dict = dict(type='SiLU', inplace=True),
+                 deploy: bool = False):
         super().__init__()
         if fusion not in ('concat', 'add'):
             raise ValueError(
