@@ -89,13 +89,6 @@ def train_step_samples(models: Dict[str, nn.Module], shape: Sequence[int],
         warmup, runs)
 
 
-def measure_latency(models: Dict[str, nn.Module], shape: Sequence[int],
-                    warmup: int = 10, runs: int = 50) -> Dict[str, float]:
-    """Median latency in ms of each model (:func:`latency_samples`)."""
-    times = latency_samples(models, shape, warmup, runs)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def ratio_spread(times: Dict[str, List[float]], name: str,
                  ref: str) -> Tuple[float, float, float]:
     """Median and quartiles of the per-round time ratio ``name / ref``
@@ -105,6 +98,46 @@ def ratio_spread(times: Dict[str, List[float]], name: str,
         return (ratios[0], ) * 3
     low, mid, high = statistics.quantiles(ratios, n=4)
     return mid, low, high
+
+
+def timed_rows(entries: Sequence[tuple], times: Dict[str, List[float]],
+               suffix: str, shape: Optional[Sequence[int]] = None,
+               notes: Optional[Dict[str, str]] = None
+               ) -> List[BenchmarkRow]:
+    """One :class:`BenchmarkRow` per entry from interleaved ``times``.
+
+    A ratio is the median of the per-round ratios to its reference row
+    (both ran back to back in each round), its quartiles in the note.
+
+    Args:
+        entries (list): ``(name, model, note, [(ratio column, reference
+            row)])``; a model of ``None`` gives an empty row.
+        times (dict): Per-round latencies in ms of the rows that ran.
+        suffix (str): Appended to each row name (e.g. ``' @320'``).
+        shape (Sequence[int], optional): Input shape to count FLOPs at;
+            ``None`` counts none.
+        notes (dict, optional): Notes replacing the entries' own by name.
+    """
+    rows = []
+    for name, model, note, ratios in entries:
+        row = BenchmarkRow(name + suffix, note=(notes or {}).get(name, note))
+        if name in times:
+            row.params = count_params(model)
+            if shape is not None:
+                row.flops = count_flops(model, shape)
+            row.latency_ms = statistics.median(times[name])
+            spreads = []
+            for column, ref in ratios:
+                if ref in times:
+                    mid, low, high = ratio_spread(times, name, ref)
+                    row.ratios[column] = mid
+                    spreads.append(f'{column} {low:.2f}-{high:.2f}')
+            if spreads:
+                row.note = '; '.join(
+                    ([row.note] if row.note else []) +
+                    [f'quartiles {", ".join(spreads)}'])
+        rows.append(row)
+    return rows
 
 
 def format_table(rows: List[BenchmarkRow], markdown: bool = False,

@@ -24,6 +24,24 @@ def test_benchmark_prints_a_complete_table(run_tool):
 
 
 @pytest.mark.slow
+def test_benchmark_parcnet_rows_above_320(run_tool):
+    """Above 320, ParC-Net-S runs at output stride 32 (like MobileViT-S)
+    and 16 (the DeepLabV3 backbone), each fused row with its per-round
+    ratio to MobileViT-S when that is available."""
+    out = run_tool('analysis/benchmark.py', '--runs', '2', '--warmup', '0',
+                   '--sizes', '352', '--no-models')
+    rows = {}
+    for line in out.stdout.splitlines():
+        cells = re.split(r'\s{2,}', line.strip())
+        rows[cells[0]] = cells
+    vit_available = 'unavailable' not in rows['MobileViT-S @352'][-1]
+    for out_stride in (32, 16):
+        row = rows[f'ParC-Net-S os{out_stride} fused @352']
+        assert '-' not in row[1:4], row
+        assert ('x MobileViT-S' in row[-1]) == vit_available, row
+
+
+@pytest.mark.slow
 def test_benchmark_train_rows(run_tool):
     out = run_tool('analysis/benchmark.py', '--train', '--runs', '2',
                    '--warmup', '0', '--sizes', '64', '--batch', '2')
@@ -35,7 +53,7 @@ def test_benchmark_train_rows(run_tool):
                  'mmdet MobileNetV2 (4, 7)'):
         row = rows[f'{name} train @64 x2']
         assert row[3] != '-', row  # median ms
-    assert 'quartiles: x MobileNetV2' in rows[
+    assert 'quartiles x MobileNetV2' in rows[
         'FalconNet-base train @64 x2'][-1], out.stdout
     vit = rows['MobileViT-S train @64 x2']
     assert 'unavailable' in vit[-1] or vit[3] != '-', vit

@@ -13,15 +13,12 @@ import argparse
 import copy
 import os
 import os.path as osp
-import statistics
 
 import torch
 from mmengine.config import Config
 
 import mmfalcon
-from mmfalcon.analysis import (BenchmarkRow, count_flops, count_params,
-                               format_table, latency_samples,
-                               measure_latency, ratio_spread,
+from mmfalcon.analysis import (format_table, latency_samples, timed_rows,
                                train_step_samples)
 from mmfalcon.deployment import OnnxRuntimeModule, export_module
 from mmfalcon.deployment.wrapper import TensorForward, input_size_from_config
@@ -123,13 +120,18 @@ def pair(name, model, refs=(), sfconv_impls=(None, )):
 
 
 def backbones_at(size):
-    """(name, model, note, [(ratio column, reference row)]) per backbone."""
+    """(name, model, note, [(ratio column, reference row)]) per backbone.
+
+    ParC-Net-S runs at output stride 32 at every size, as MobileViT-S does
+    (the like-for-like row); above 320 also at output stride 16, the
+    DeepLabV3 backbone."""
     vit, vit_note = mobilevit_s()
     vs_vit = [('x MobileViT-S', 'MobileViT-S')] if vit else []
-    parc_out_stride = 32 if size <= 320 else 16
-    rows = pair(f'ParC-Net-S os{parc_out_stride}',
-                evaluated(ParCNet(arch='s', out_indices=(4, 5),
-                                  out_stride=parc_out_stride)), vs_vit)
+    rows = []
+    for out_stride in (32, ) if size <= 320 else (32, 16):
+        rows += pair(f'ParC-Net-S os{out_stride}',
+                     evaluated(ParCNet(arch='s', out_indices=(4, 5),
+                                       out_stride=out_stride)), vs_vit)
     rows.append(('MobileViT-S', vit, vit_note, []))
     if size <= 320:
         from mmdet.models.backbones import MobileNetV2
@@ -189,25 +191,7 @@ def onnx_rows(entries, shape, warmup, runs):
             except Exception as exc:  # noqa: BLE001 - reported in the row
                 notes[name] = f'unavailable: ONNX export failed ({exc!r:.80})'
         times = latency_samples(runtimes, shape, warmup, runs)
-    table = []
-    for name, model, _, ratios in entries:
-        row = BenchmarkRow(f'{name} @{size} ORT', note=notes[name])
-        if name in runtimes:
-            row.params = count_params(model)
-            row.flops = count_flops(model, shape)
-            row.latency_ms = statistics.median(times[name])
-            spreads = []
-            for column, ref in ratios:
-                if ref in runtimes:
-                    mid, low, high = ratio_spread(times, name, ref)
-                    row.ratios[column] = mid
-                    spreads.append(f'{column} {low:.2f}-{high:.2f}')
-            if spreads:
-                row.note = '; '.join(
-                    ([row.note] if row.note else []) +
-                    [f'quartiles {", ".join(spreads)}'])
-        table.append(row)
-    return table
+    return timed_rows(entries, times, f' @{size} ORT', shape, notes)
 
 
 def train_rows(size, batch, warmup, runs):
@@ -229,21 +213,7 @@ def train_rows(size, batch, warmup, runs):
     shape = (batch, 3, size, size)
     available = {name: m for name, m, _, _ in entries if m is not None}
     times = train_step_samples(available, shape, warmup, runs)
-    rows = []
-    for name, model, note, ratios in entries:
-        row = BenchmarkRow(f'{name} train @{size} x{batch}', note=note)
-        if model is not None:
-            row.params = count_params(model)
-            row.latency_ms = statistics.median(times[name])
-            spreads = []
-            for column, ref in ratios:
-                mid, low, high = ratio_spread(times, name, ref)
-                row.ratios[column] = mid
-                spreads.append(f'{column} {low:.2f}-{high:.2f}')
-            if spreads:
-                row.note = 'per-round quartiles: ' + ', '.join(spreads)
-        rows.append(row)
-    return rows
+    return timed_rows(entries, times, f' train @{size} x{batch}')
 
 
 def main():
@@ -279,16 +249,8 @@ def main():
             table += onnx_rows(entries, shape, args.warmup, args.runs)
             continue
         available = {name: m for name, m, _, _ in entries if m is not None}
-        latency = measure_latency(available, shape, args.warmup, args.runs)
-        for name, model, note, ratios in entries:
-            row = BenchmarkRow(f'{name} @{size}', note=note)
-            if model is not None:
-                row.params = count_params(model)
-                row.flops = count_flops(model, shape)
-                row.latency_ms = latency[name]
-                for column, ref in ratios:
-                    row.ratios[column] = latency[name] / latency[ref]
-            table.append(row)
+        times = latency_samples(available, shape, args.warmup, args.runs)
+        table += timed_rows(entries, times, f' @{size}', shape)
     if args.train:
         print(f'Training step (train mode, forward + backward of the sum of '
               f'the outputs\' means), batch {args.batch}, '
@@ -298,8 +260,8 @@ def main():
     else:
         print(('ONNX Runtime (CPU provider), ' if args.onnx else '') +
               f'Batch 1, {torch.get_num_threads()} threads, median of '
-              f'{args.runs} interleaved runs after {args.warmup} warm-up '
-              'runs; ratios compare latencies measured side by side.')
+              f'{args.runs} interleaved rounds after {args.warmup} warm-up '
+              'rounds; ratios are medians of per-round ratios.')
     print(format_table(table, markdown=args.markdown))
 
 
