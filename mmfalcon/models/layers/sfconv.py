@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 
 from ..fusion import FusableLayer, fold_conv_bn
+from .batch_stats import batch_scale_shift, folds_batch_stats
 
 
 def sfconv_params(in_channels: int, out_channels: int, window: int,
@@ -95,6 +96,11 @@ class SFConv(FusableLayer):
     shuffle, and a grouped 1x1 conv C_in/R -> C_out (K/R groups), each
     followed by BN. Fuses into :class:`FactorizedPointwise` with biases.
 
+    With plain BNs, training runs each layer's M branches folded into one
+    grouped product with the batch's statistics, computed from the mean and
+    second moment of each group's input: the same outputs, gradients and
+    running statistics as the branches, without the M-fold outputs.
+
     Args:
         in_channels (int): Input channels C_in.
         out_channels (int): Output channels C_out.
@@ -106,11 +112,15 @@ class SFConv(FusableLayer):
             own BN, summed); 1 for a plain SF-Conv. Defaults to 1.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         deploy (bool): Build the fused form directly. Defaults to False.
+        fold_batch_stats (bool): Train with the branches folded by batch
+            statistics where that is exact (plain BN); False always runs
+            the branches. Defaults to True.
     """
     _branch_names = ('conv1', 'bn1', 'conv2', 'bn2')
 
     def __init__(self, in_channels, out_channels, reduction=2, window=None,
-                 num_branches=1, norm_cfg=dict(type='BN'), deploy=False):
+                 num_branches=1, norm_cfg=dict(type='BN'), deploy=False,
+                 fold_batch_stats=True):
         super().__init__()
         if window is None:
             window = best_window(in_channels, out_channels, reduction)
@@ -131,6 +141,7 @@ class SFConv(FusableLayer):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.reduction, self.window = reduction, window
         self.num_branches = num_branches
+        self.fold_batch_stats = fold_batch_stats
         self.groups = in_channels // window
         self.positions = window // reduction
         if deploy:
@@ -168,9 +179,47 @@ class SFConv(FusableLayer):
         w2, b2 = self._fold(self.conv2, self.bn2, self.positions)
         return dict(weight1=w1, bias1=b1, weight2=w2, bias2=b2)
 
+    def _fold_batch(self, x, conv, bn):
+        """One grouped 1x1 layer's M branches folded with the batch
+        statistics of their outputs, from the moments of ``x``
+        ``[n, groups, k, positions]``: weight ``[groups, out, k]`` and bias
+        ``[groups, out, 1]``."""
+        n, groups, k, positions = x.shape
+        count = n * positions
+        weight = conv.weight.reshape(groups, -1, k)  # [groups, M * out, k]
+        mean_in = x.mean((0, 3))
+        # Centred with the detached mean, which is exact: the covariance of
+        # x - c is x's for any constant c, and its derivative in the mean
+        # vanishes at c = mean. Centring keeps float32 from cancelling.
+        centred = x - mean_in.detach()[..., None]
+        cov_in = torch.matmul(centred, centred.transpose(2, 3)).sum(
+            0) / count
+        var = torch.einsum('gok,gkj,goj->go', weight, cov_in,
+                           weight).clamp(min=0).flatten()
+        mean = torch.einsum('gok,gk->go', weight, mean_in).flatten()
+        scale, shift = batch_scale_shift(bn, mean, var, count)
+        m = self.num_branches
+        weight = (weight * scale.reshape(groups, -1, 1)).reshape(
+            groups, m, -1, k).sum(1)
+        return weight, shift.reshape(groups, m, -1, 1).sum(1)
+
+    def _forward_folded(self, x):
+        n, _, h, w = x.shape
+        x = x.reshape(n, self.groups, self.window, h * w)
+        weight, bias = self._fold_batch(x, self.conv1, self.bn1)
+        hid = torch.matmul(weight, x) + bias  # [n, G, K/R, HW]
+        # channel shuffle: [n, K/R, G, HW], one position of every window
+        hid = hid.transpose(1, 2).contiguous()
+        weight, bias = self._fold_batch(hid, self.conv2, self.bn2)
+        out = torch.matmul(weight, hid) + bias
+        return out.reshape(n, self.out_channels, h, w)
+
     def forward(self, x):
         if self.is_fused:
             return self.fused(x)
+        if self.fold_batch_stats and folds_batch_stats(
+                self.bn1) and folds_batch_stats(self.bn2):
+            return self._forward_folded(x)
         hid = self._sum_branches(self.bn1(self.conv1(x)), self.groups)
         n, _, h, w = hid.shape
         hid = hid.reshape(n, self.groups, self.positions, h, w).transpose(
@@ -195,9 +244,11 @@ class RefCO(SFConv):
         num_branches (int): Parallel branches M. Defaults to 3.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         deploy (bool): Build the fused form directly. Defaults to False.
+        fold_batch_stats (bool): See :class:`SFConv`. Defaults to True.
     """
 
     def __init__(self, in_channels, out_channels, reduction=2, window=None,
-                 num_branches=3, norm_cfg=dict(type='BN'), deploy=False):
+                 num_branches=3, norm_cfg=dict(type='BN'), deploy=False,
+                 fold_batch_stats=True):
         super().__init__(in_channels, out_channels, reduction, window,
-                         num_branches, norm_cfg, deploy)
+                         num_branches, norm_cfg, deploy, fold_batch_stats)
