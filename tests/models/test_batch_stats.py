@@ -157,3 +157,24 @@ def test_falconnet_training_forward_unchanged():
     branches64, folded64 = branches.double(), folded.double()
     for out_f, out_b in zip(folded64(x.double()), branches64(x.double())):
         assert relative(out_f, out_b) < 1e-10
+
+
+def test_folded_training_under_bfloat16_autocast():
+    """Mixed precision (``--amp`` on the CPU): the folded layers keep
+    the branches' output precision and take statistics in float32, as BN
+    does, so outputs and running statistics stay close to float32's."""
+    torch.manual_seed(0)
+    reference = set_folding(FalconNet(arch='tiny', out_indices=(3, )), False)
+    folded = set_folding(copy.deepcopy(reference), True)
+    mixed = copy.deepcopy(folded)
+    x = torch.randn(2, 3, 64, 96)
+    (out_ref, ) = reference.train()(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        (out_mixed, ) = mixed.train()(x)
+    assert out_mixed.dtype == torch.bfloat16
+    assert relative(out_mixed.float(), out_ref) < 0.1
+    for (name, buf_ref), buf_mixed in zip(reference.named_buffers(),
+                                          mixed.buffers()):
+        assert buf_mixed.dtype == buf_ref.dtype, name
+        if name.endswith('running_var'):
+            assert torch.allclose(buf_mixed, buf_ref, rtol=0.05, atol=1e-3)

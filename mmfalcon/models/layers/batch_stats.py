@@ -178,6 +178,14 @@ def patch_moments(x: torch.Tensor, dilation: int = 1
     return _PatchMoments.apply(x, dilation)
 
 
+def statistics_precision(x: torch.Tensor):
+    """``(x, context)``: x in at least float32 and a context with autocast
+    off, to compute statistics in, as BN computes its own under mixed
+    precision (moments in bfloat16 would lose the variance)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return x.to(dtype), torch.autocast(x.device.type, enabled=False)
+
+
 def batch_scale_shift(bn: nn.modules.batchnorm._BatchNorm,
                       mean: torch.Tensor, var: torch.Tensor,
                       count: int) -> Tuple[torch.Tensor, torch.Tensor]:

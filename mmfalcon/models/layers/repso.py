@@ -5,7 +5,8 @@ from mmcv.cnn import build_norm_layer
 
 from ..fusion import (FusableLayer, bn_scale_shift, fold_conv_bn,
                       identity_kernel, pad_kernel)
-from .batch_stats import batch_scale_shift, folds_batch_stats, patch_moments
+from .batch_stats import (batch_scale_shift, folds_batch_stats,
+                          patch_moments, statistics_precision)
 
 
 class RepSO(FusableLayer):
@@ -113,9 +114,9 @@ class RepSO(FusableLayer):
                                              self.identity)
             if bn is not None))
 
-    def _forward_folded(self, x):
-        """All branches as one conv, normalized with the batch statistics
-        each branch's BN would compute (and update)."""
+    def _fold_batch(self, x):
+        """The branches folded into one 3x3 kernel ``[C, 9]`` and bias with
+        the batch statistics each branch's BN computes (and updates)."""
         taps, norms = self._branch_taps()
         mean_patch, second_patch = patch_moments(x, self.dilation)
         mean = torch.einsum('cbt,ct->cb', taps, mean_patch)
@@ -134,6 +135,14 @@ class RepSO(FusableLayer):
             start = stop
         weight = torch.einsum('cb,cbt->ct', torch.cat(scales, 1), taps)
         bias = torch.cat(shifts, 1).sum(1)
+        return weight, bias
+
+    def _forward_folded(self, x):
+        """All branches as one conv, normalized with the batch statistics
+        each branch's BN would compute (and update)."""
+        stats_input, full_precision = statistics_precision(x)
+        with full_precision:
+            weight, bias = self._fold_batch(stats_input)
         return F.conv2d(x, weight.reshape(self.channels, 1, 3, 3), bias,
                         padding=self.dilation, dilation=self.dilation,
                         groups=self.channels)

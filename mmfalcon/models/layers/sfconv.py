@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 
 from ..fusion import FusableLayer, fold_conv_bn
-from .batch_stats import batch_scale_shift, folds_batch_stats
+from .batch_stats import (batch_scale_shift, folds_batch_stats,
+                          statistics_precision)
 
 
 def sfconv_params(in_channels: int, out_channels: int, window: int,
@@ -186,32 +187,39 @@ class SFConv(FusableLayer):
         ``[groups, out, 1]``."""
         n, groups, k, positions = x.shape
         count = n * positions
-        weight = conv.weight.reshape(groups, -1, k)  # [groups, M * out, k]
-        mean_in = x.mean((0, 3))
-        # Centred with the detached mean, which is exact: the covariance of
-        # x - c is x's for any constant c, and its derivative in the mean
-        # vanishes at c = mean. Centring keeps float32 from cancelling.
-        centred = x - mean_in.detach()[..., None]
-        cov_in = torch.matmul(centred, centred.transpose(2, 3)).sum(
-            0) / count
-        var = torch.einsum('gok,gkj,goj->go', weight, cov_in,
-                           weight).clamp(min=0).flatten()
-        mean = torch.einsum('gok,gk->go', weight, mean_in).flatten()
-        scale, shift = batch_scale_shift(bn, mean, var, count)
-        m = self.num_branches
-        weight = (weight * scale.reshape(groups, -1, 1)).reshape(
-            groups, m, -1, k).sum(1)
-        return weight, shift.reshape(groups, m, -1, 1).sum(1)
+        x, full_precision = statistics_precision(x)
+        with full_precision:
+            # [groups, M * out, k]
+            weight = conv.weight.reshape(groups, -1, k)
+            mean_in = x.mean((0, 3))
+            # Centred with the detached mean, which is exact: the covariance
+            # of x - c is x's for any constant c, and its derivative in the
+            # mean vanishes at c = mean. Centring keeps float32 from
+            # cancelling.
+            centred = x - mean_in.detach()[..., None]
+            cov_in = torch.matmul(centred, centred.transpose(2, 3)).sum(
+                0) / count
+            var = torch.einsum('gok,gkj,goj->go', weight, cov_in,
+                               weight).clamp(min=0).flatten()
+            mean = torch.einsum('gok,gk->go', weight, mean_in).flatten()
+            scale, shift = batch_scale_shift(bn, mean, var, count)
+            m = self.num_branches
+            weight = (weight * scale.reshape(groups, -1, 1)).reshape(
+                groups, m, -1, k).sum(1)
+            return weight, shift.reshape(groups, m, -1, 1).sum(1)
 
     def _forward_folded(self, x):
         n, _, h, w = x.shape
         x = x.reshape(n, self.groups, self.window, h * w)
         weight, bias = self._fold_batch(x, self.conv1, self.bn1)
-        hid = torch.matmul(weight, x) + bias  # [n, G, K/R, HW]
+        # [n, G, K/R, HW]; the bias in the product's precision (autocast)
+        hid = torch.matmul(weight, x)
+        hid = hid + bias.to(hid.dtype)
         # channel shuffle: [n, K/R, G, HW], one position of every window
         hid = hid.transpose(1, 2).contiguous()
         weight, bias = self._fold_batch(hid, self.conv2, self.bn2)
-        out = torch.matmul(weight, hid) + bias
+        out = torch.matmul(weight, hid)
+        out = out + bias.to(out.dtype)
         return out.reshape(n, self.out_channels, h, w)
 
     def forward(self, x):
