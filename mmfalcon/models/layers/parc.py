@@ -113,7 +113,40 @@ def fold_norm_into_conv(norm: nn.modules.batchnorm._BatchNorm,
     return (flat * scale).reshape(weight.shape), new_bias
 
 
-class ParCFused(nn.Module):
+def _static_size(size) -> int:
+    """A feature size as a Python int; a tracer hands sizes over as traced
+    scalars, and its trace is specific to its input shape anyway."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        return int(size)
+
+
+class SizeCachedModule(nn.Module):
+    """A module that caches tensors derived from its parameters per input
+    size in ``self._cache``, emptied whenever they may go stale: on
+    ``train()`` (parameters may change while training), on device / dtype
+    moves and on loading a state dict."""
+
+    def __init__(self):
+        super().__init__()
+        self._cache = {}
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._cache = {}
+        return super().train(mode)
+
+    def _apply(self, *args, **kwargs):
+        # .to() / .half() / .cuda() make cached tensors stale.
+        self._cache = {}
+        return super()._apply(*args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache = {}
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class ParCFused(SizeCachedModule):
     """Deploy form of :class:`ParC` (this project's): BN-folded kernel +
     bias map.
 
@@ -150,7 +183,6 @@ class ParCFused(nn.Module):
             torch.ones(channels, 1, 1, 1)) if with_scale else None
         self.bias = nn.Parameter(
             torch.zeros(bias_shape)) if with_bias else None
-        self._cache = {}
 
     def instance(self, length: int, spectrum: bool = False):
         """Operand of :func:`apply_circular` and bias map for a feature of
@@ -178,11 +210,7 @@ class ParCFused(nn.Module):
         """Under a tracer: the baked entry, recorded as a constant, else the
         resize as ops on the parameters (an entry made while tracing would
         hold traced values, so none is made)."""
-        with warnings.catch_warnings():
-            # A tracer hands the length over as a traced scalar; the trace
-            # is specific to its input shape anyway.
-            warnings.simplefilter('ignore', torch.jit.TracerWarning)
-            entry = self._cache.get(int(length))
+        entry = self._cache.get(_static_size(length))
         if entry is None or entry[0].is_complex():
             return self.instance(length)
         return entry
@@ -203,20 +231,6 @@ class ParCFused(nn.Module):
             operand, bias = self._cache[length]
         out = apply_circular(x, operand, self.dim)
         return out if bias is None else out + bias
-
-    def train(self, mode: bool = True):
-        if mode:  # parameters may change while training
-            self._cache = {}
-        return super().train(mode)
-
-    def _apply(self, *args, **kwargs):
-        # .to() / .half() / .cuda() make cached tensors stale.
-        self._cache = {}
-        return super()._apply(*args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._cache = {}
-        super()._load_from_state_dict(*args, **kwargs)
 
 
 class ParC(FusableLayer):
@@ -394,12 +408,21 @@ class ChannelAttention(nn.Module):
         return x * self.excite(self.squeeze(x.mean((2, 3), keepdim=True)))
 
 
-class ParCBlock(nn.Module):
+class ParCBlock(SizeCachedModule):
     """ParC block, meta-former style (ParC-Net paper; official ``gcc_ca``):
     a ParC token mixer on two channel halves, then ``z + CA(FFN(z))``.
 
     Half 1: +PE -> BN -> ParC-H -> +PE -> ParC-W; half 2 the same with W
     first. Each half has its own residual.
+
+    Fused and in eval mode, the token mixer runs merged (this project's
+    deploy form): with the BN folded, each channel's mixer plus residual is
+    one affine map ``x + R @ x @ C + b``, R and C circulant (the ParC-H and
+    ParC-W kernels) and b the mixer's output for a zero input. All channels
+    then take two batched matmuls and one add instead of a split, four
+    products, up to six adds and a concat. R, C and b are cached per
+    feature size (a tracer records them as constants, as for
+    :class:`ParCFused`).
 
     Args:
         channels (int): Block width Cs (split into two halves).
@@ -429,6 +452,7 @@ class ParCBlock(nn.Module):
         if channels % 2:
             raise ValueError(
                 f'ParCBlock channels must be even, got {channels}')
+        self.channels = channels
         half = channels // 2
         common = dict(kernel_size=kernel_size, use_pe=use_pe, deploy=deploy)
         self.mixer_hw = nn.Sequential(
@@ -447,6 +471,39 @@ class ParCBlock(nn.Module):
                                    act_cfg=ffn_act_cfg, gate_cfg=gate_cfg,
                                    deploy=deploy)
 
+    def _merged_mixer(self, x: torch.Tensor) -> Optional[tuple]:
+        """Row circulants R (C, H, H), column circulants C (C, W, W) and bias
+        map b (1, C, H, W) of the merged token mixer for ``x``'s size, or
+        ``None`` where the two-half form runs: unfused, training, under a
+        compiler, under a tracer without a cached entry (it then records the
+        resize ops), or an axis of :data:`FFT_MIN_LENGTH` or more (where
+        each :class:`ParCFused` takes its faster FFT form)."""
+        parcs = [*self.mixer_hw, *self.mixer_wh]
+        if self.training or _is_compiling() or not all(
+                parc.is_fused for parc in parcs):
+            return None
+        size = tuple(_static_size(n) for n in x.shape[2:])
+        if torch.jit.is_tracing() or size in self._cache:
+            return self._cache.get(size)
+        if max(size) >= FFT_MIN_LENGTH:
+            return None
+        with torch.no_grad():
+            height, width = size
+            rows = torch.cat([
+                parc.fused.instance(height)[0] for parc in parcs
+                if parc.direction == 'H'
+            ])
+            cols = torch.cat([
+                parc.fused.instance(width)[0] for parc in parcs
+                if parc.direction == 'W'
+            ])
+            # each mixer is affine: its value at zero is its bias map
+            zeros = x.new_zeros(1, self.channels // 2, height, width)
+            bias = torch.cat([self.mixer_hw(zeros), self.mixer_wh(zeros)],
+                             dim=1)
+        self._cache[size] = rows, cols, bias
+        return self._cache[size]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The circulant products run on contiguous (NCHW) channel maps; a
         # channels_last input (ParCNet's inference layout) is copied to NCHW
@@ -454,8 +511,23 @@ class ParCBlock(nn.Module):
         # running on channels_last.
         memory_format = torch.channels_last if x.is_contiguous(
             memory_format=torch.channels_last) else torch.contiguous_format
-        x1, x2 = x.contiguous().chunk(2, dim=1)
-        z = torch.cat([x1 + self.mixer_hw(x1), x2 + self.mixer_wh(x2)], dim=1)
+        x = x.contiguous()
+        merged = self._merged_mixer(x)
+        if merged is None:
+            x1, x2 = x.chunk(2, dim=1)
+            z = torch.cat([x1 + self.mixer_hw(x1), x2 + self.mixer_wh(x2)],
+                          dim=1)
+        elif torch.jit.is_tracing():
+            rows, cols, bias = merged
+            z = x + rows @ x @ cols + bias
+        else:
+            rows, cols, bias = merged
+            batch, channels, height, width = x.shape
+            flat = x.view(batch * channels, height, width)
+            if batch > 1:
+                rows, cols = rows.repeat(batch, 1, 1), cols.repeat(batch, 1, 1)
+            z = torch.baddbmm(flat, torch.bmm(rows, flat), cols).view_as(x)
+            z = z.add_(bias)
         z = z.contiguous(memory_format=memory_format)
         return z + self.ca(self.ffn(z))
 
