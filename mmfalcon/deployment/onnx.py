@@ -6,14 +6,14 @@ here, when used. The export uses PyTorch's TorchScript-based exporter
 size, which that tracer records as constants of the fixed export size.
 Convs with ``padding='same'`` (the dilated FalconNet) are exported with
 explicit padding, which ONNX Runtime accepts for dilated convs, and fused
-SF-Conv pairs as block-aligned grouped convs, the form ONNX Runtime runs
-fastest (:mod:`mmfalcon.deployment.sfconv_form`); both on a copy of the
-model.
+SF-Conv pairs as block-aligned grouped convs or one dense conv, the forms
+ONNX Runtime runs fastest (:mod:`mmfalcon.deployment.sfconv_form`); both
+on a copy of the model.
 """
 import copy
 import warnings
 from importlib import import_module
-from typing import Dict, List, Optional, Sequence, Tuple, Type
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmfalcon.models.layers.sfconv import FactorizedPointwise
-from .sfconv_form import ExportFactorizedPointwise
+from .sfconv_form import sfconv_export_form
 from .wrapper import TensorForward, _flatten
 
 DEFAULT_OPSET = 17
@@ -77,16 +77,16 @@ class _ExplicitPadConv2d(nn.Module):
                         conv.stride, 0, conv.dilation, conv.groups)
 
 
-def _export_form(module: nn.Module) -> Optional[Type[nn.Module]]:
-    """The module class that ``module`` is exported as (built from it), or
-    None when it is exported as it is: a zero-padded ``padding='same'``
-    conv as explicit padding, a fused SF-Conv pair in ONNX Runtime's fast
-    form."""
+def _export_form(
+        module: nn.Module) -> Optional[Callable[[nn.Module], nn.Module]]:
+    """What builds the module that ``module`` is exported as, or None when
+    it is exported as it is: a zero-padded ``padding='same'`` conv as
+    explicit padding, a fused SF-Conv pair in ONNX Runtime's fast form."""
     if isinstance(module, nn.Conv2d) and module.padding == 'same' and (
             module.padding_mode == 'zeros'):
         return _ExplicitPadConv2d
     if isinstance(module, FactorizedPointwise):
-        return ExportFactorizedPointwise
+        return sfconv_export_form
     return None
 
 
@@ -117,7 +117,7 @@ def export_module(module: nn.Module, shape: Sequence[int], path: str,
     Args:
         module (nn.Module): The module; set to eval mode, otherwise
             unchanged (a copy is rewritten for export: fused SF-Conv
-            pairs as :class:`~.sfconv_form.ExportFactorizedPointwise`,
+            pairs as :func:`~.sfconv_form.sfconv_export_form` picks,
             whatever their PyTorch ``impl``).
         shape (Sequence[int]): Input shape ``(N, C, H, W)``.
         path (str): The ``.onnx`` file to write.

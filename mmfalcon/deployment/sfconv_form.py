@@ -8,11 +8,11 @@ convolutions, which fuse bias, ReLU and a residual Add, but it only turns a
 grouped conv into one when every group's input and output channel counts
 are multiples of its channel block (16 with AVX-512, 8 with AVX2). The
 SF-Conv groups are smaller (K -> K/R channels, then G -> C_out R/K), so
-their grouped convs stay plain NCHW kernels with layout reorders around
-them. Merging adjacent groups into block-diagonal groups of aligned size
-(zero weights between them, exact) lets ONNX Runtime block both convs, for
-more multiply-adds that its blocked kernels run faster; see
-:class:`ExportFactorizedPointwise` for the rule and the measurements.
+as plain grouped convs they stay NCHW kernels with layout reorders around
+them. :func:`sfconv_export_form` picks, per layer, one of two exact forms
+ONNX Runtime blocks: the pair with block-aligned groups
+(:class:`BlockAlignedPointwise`) or one dense 1x1 conv
+(:class:`DensePointwise`).
 """
 import torch
 import torch.nn as nn
@@ -81,27 +81,22 @@ def block_diagonal(weight: torch.Tensor, groups: int,
     return merged.reshape(out_channels, merge * in_per_group, 1, 1)
 
 
-class ExportFactorizedPointwise(nn.Module):
-    """A fused SF-Conv pair as ONNX Runtime runs it fastest: grouped 1x1
-    conv with bias, channel shuffle (Reshape / Transpose / Reshape),
-    grouped 1x1 conv with bias, each conv's groups merged to
-    :func:`aligned_merge` of its channel counts.
+def _check_pair(fused: nn.Module):
+    if not isinstance(fused, FactorizedPointwise):
+        raise TypeError(f'expected a FactorizedPointwise, got '
+                        f'{type(fused).__name__}')
 
-    The rule, per conv and independent of the input size: merge the fewest
-    adjacent groups that make the per-group input and output channels
-    multiples of :data:`NCHWC_BLOCK`, none where no merge does. Then
-    ONNX Runtime runs both convs as NCHWc convs fused with the bias and
-    the ReLU or residual Add that follows, and the layout reorders shrink
-    to the narrow hidden tensor around the shuffle.
 
-    Measured in onnxruntime 1.32 (2 threads, this repository's AVX-512
-    machine), fused FalconNet-base whole, against mmdet / mmseg
-    MobileNetV2: at 512 (os8) this form 0.73, grouped convs without merging
-    0.92, the MatMul form 1.14, the shuffle folded into a dense first or
-    second conv 0.95, both layers as one dense conv 1.42; at 320 all
-    three conv forms were within noise of each other (0.82-0.89), ahead of
-    the MatMul form (0.97). A merge multiplies that conv's multiply-adds
-    by the merge factor, which the blocked kernels more than repay here.
+def _frozen(tensor: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(tensor.detach().clone(), requires_grad=False)
+
+
+class BlockAlignedPointwise(nn.Module):
+    """A fused SF-Conv pair as grouped 1x1 conv with bias, channel shuffle
+    (Reshape / Transpose / Reshape), grouped 1x1 conv with bias, each
+    conv's adjacent groups merged (:func:`aligned_merge`) so that ONNX
+    Runtime runs it as an NCHWc conv fused with the bias and the ReLU or
+    residual Add that follows.
 
     Args:
         fused (FactorizedPointwise): The fused pair; its weights are
@@ -113,27 +108,17 @@ class ExportFactorizedPointwise(nn.Module):
     def __init__(self, fused: FactorizedPointwise,
                  block: int = NCHWC_BLOCK):
         super().__init__()
-        if not isinstance(fused, FactorizedPointwise):
-            raise TypeError(f'expected a FactorizedPointwise, got '
-                            f'{type(fused).__name__}')
+        _check_pair(fused)
         self.groups, self.positions = fused.groups, fused.positions
-        merge1 = aligned_merge(fused.groups, fused.window, fused.positions,
-                               block)
-        merge2 = aligned_merge(fused.positions, fused.groups,
-                               fused.out_channels // fused.positions, block)
+        merge1, merge2 = _merges(fused, block)
         self.groups1 = fused.groups // merge1
         self.groups2 = fused.positions // merge2
         with torch.no_grad():
-            self.weight1 = nn.Parameter(
-                block_diagonal(fused.weight1, fused.groups, merge1),
-                requires_grad=False)
-            self.bias1 = nn.Parameter(fused.bias1.clone(),
-                                      requires_grad=False)
-            self.weight2 = nn.Parameter(
-                block_diagonal(fused.weight2, fused.positions, merge2),
-                requires_grad=False)
-            self.bias2 = nn.Parameter(fused.bias2.clone(),
-                                      requires_grad=False)
+            self.weight1 = _frozen(
+                block_diagonal(fused.weight1, fused.groups, merge1))
+            self.weight2 = _frozen(
+                block_diagonal(fused.weight2, fused.positions, merge2))
+        self.bias1, self.bias2 = _frozen(fused.bias1), _frozen(fused.bias2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.conv2d(x, self.weight1, self.bias1, groups=self.groups1)
@@ -143,3 +128,89 @@ class ExportFactorizedPointwise(nn.Module):
         x = x.reshape(n, self.groups, self.positions, h, w).transpose(
             1, 2).reshape(n, -1, h, w)
         return F.conv2d(x, self.weight2, self.bias2, groups=self.groups2)
+
+
+class DensePointwise(nn.Module):
+    """A fused SF-Conv pair multiplied out into one dense 1x1 conv with
+    bias (the pair has no activation in between, so this is exact up to
+    float rounding): C_in * C_out multiply-adds per pixel, no shuffle.
+
+    Args:
+        fused (FactorizedPointwise): The fused pair; its weights are
+            copied, it is not changed.
+    """
+
+    def __init__(self, fused: FactorizedPointwise):
+        super().__init__()
+        _check_pair(fused)
+        g, p = fused.groups, fused.positions
+        with torch.no_grad():
+            # both layers as dense matrices, in float64 so the product adds
+            # no rounding of its own
+            first = block_diagonal(fused.weight1.double(), g, g).flatten(1)
+            second = block_diagonal(fused.weight2.double(), p, p).flatten(1)
+            # the second layer reads the hidden channels shuffled:
+            # its input j * G + g is the first layer's output g * K/R + j
+            shuffle = torch.arange(g * p).reshape(g, p).t().flatten()
+            first, bias1 = first[shuffle], fused.bias1.double()[shuffle]
+            weight = second @ first
+            bias = second @ bias1 + fused.bias2.double()
+        self.weight = _frozen(weight.float()[..., None, None])
+        self.bias = _frozen(bias.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias)
+
+
+def _merges(fused: FactorizedPointwise, block: int):
+    """:func:`aligned_merge` of the pair's first and second conv."""
+    return (aligned_merge(fused.groups, fused.window, fused.positions,
+                          block),
+            aligned_merge(fused.positions, fused.groups,
+                          fused.out_channels // fused.positions, block))
+
+
+# A dense conv is chosen while it costs at most this many times the
+# multiply-adds of the block-aligned pair.
+DENSE_COST_RATIO = 2
+
+
+def sfconv_export_form(fused: FactorizedPointwise,
+                       block: int = NCHWC_BLOCK) -> nn.Module:
+    """The form a fused SF-Conv pair is exported in, by this rule:
+
+    * :class:`DensePointwise` where its C_in * C_out multiply-adds are at
+      most :data:`DENSE_COST_RATIO` times those of the block-aligned pair
+      (small layers, where the shuffle and the second kernel launch cost
+      more than the extra products), or where no merge aligns both convs
+      of the pair (they would stay slow NCHW grouped convs);
+    * :class:`BlockAlignedPointwise` otherwise.
+
+    In FalconNet-base (R=2, expansion 4) the dense conv is chosen for the
+    first stage (32 <-> 128 channels) only, in FalconNet-tiny for the
+    first two. Measured in onnxruntime 1.32 at batch 1 with 2 threads
+    against MobileNetV2 (``benchmark.py --onnx`` rows), where MatMul was
+    the export form before: see this package's README section.
+
+    Args:
+        fused (FactorizedPointwise): The fused pair (not changed).
+        block (int): ONNX Runtime's channel block to align to. Defaults to
+            :data:`NCHWC_BLOCK`.
+
+    Returns:
+        nn.Module: The export form, computing the same as ``fused``.
+    """
+    _check_pair(fused)
+    merge1, merge2 = _merges(fused, block)
+    hidden = fused.groups * fused.positions
+    in_channels = fused.groups * fused.window
+    aligned = all(c % block == 0 for c in (
+        merge1 * fused.window, merge1 * fused.positions,
+        merge2 * fused.groups,
+        merge2 * fused.out_channels // fused.positions))
+    pair_cost = hidden * fused.window * merge1 + (
+        fused.out_channels * fused.groups * merge2)
+    if not aligned or (in_channels * fused.out_channels <=
+                       DENSE_COST_RATIO * pair_cost):
+        return DensePointwise(fused)
+    return BlockAlignedPointwise(fused, block)

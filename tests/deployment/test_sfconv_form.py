@@ -1,13 +1,16 @@
-"""The ONNX form of fused SF-Conv pairs: block-aligned grouped convs, exact
-against PyTorch, on a copy of the user's model."""
+"""The ONNX form of fused SF-Conv pairs: block-aligned grouped convs or one
+dense conv by a cost rule, exact against PyTorch, on a copy of the user's
+model."""
 import copy
 
 import pytest
 import torch
 
 from mmfalcon.deployment import OnnxRuntimeModule, export_module
-from mmfalcon.deployment.sfconv_form import (ExportFactorizedPointwise,
-                                             aligned_merge, block_diagonal)
+from mmfalcon.deployment.sfconv_form import (BlockAlignedPointwise,
+                                             DensePointwise, aligned_merge,
+                                             block_diagonal,
+                                             sfconv_export_form)
 from mmfalcon.models import FalconNet, fuse_model
 from mmfalcon.models.layers.sfconv import FactorizedPointwise, best_window
 
@@ -50,22 +53,23 @@ def test_block_diagonal_rejects_a_merge_that_does_not_divide():
         block_diagonal(torch.ones(8, 2, 1, 1), groups=4, merge=3)
 
 
+@pytest.mark.parametrize('form', [BlockAlignedPointwise, DensePointwise])
 @pytest.mark.parametrize('in_channels,out_channels', [
     (32, 128), (128, 32), (512, 128), (24, 96), (16, 64)])
-def test_export_form_equals_the_fused_pair(in_channels, out_channels):
+def test_export_forms_equal_the_fused_pair(form, in_channels, out_channels):
     pair = fused_pair(in_channels, out_channels)
-    form = ExportFactorizedPointwise(pair)
+    exported = form(pair)
     x = torch.randn(2, in_channels, 5, 7)
     with torch.no_grad():
         expected = pair(x)
-        assert relative_error(form(x), expected) < 1e-5
+        assert relative_error(exported(x), expected) < 1e-5
         pair.impl = 'conv'  # both PyTorch forms agree with it
-        assert relative_error(form(x), expected) < 1e-5
+        assert relative_error(exported(x), expected) < 1e-5
 
 
-def test_export_form_convs_are_block_aligned():
+def test_block_aligned_convs_are_block_aligned():
     pair = fused_pair(128, 32)  # K=8: G=16 groups 8 -> 4, then 4 of 16 -> 8
-    form = ExportFactorizedPointwise(pair, block=16)
+    form = BlockAlignedPointwise(pair, block=16)
     for weight, groups in ((form.weight1, form.groups1),
                            (form.weight2, form.groups2)):
         assert weight.shape[1] % 16 == 0  # inputs per group
@@ -73,9 +77,24 @@ def test_export_form_convs_are_block_aligned():
     assert (form.groups1, form.groups2) == (4, 2)
 
 
-def test_export_form_takes_only_a_fused_pair():
+@pytest.mark.parametrize('in_channels,out_channels,form', [
+    # dense costs <= 2x the aligned pair: 4096 vs 2560 / 3072 multiply-adds
+    (32, 128, DensePointwise), (128, 32, DensePointwise),
+    # dense costs more: 16384 vs 5120, 65536 vs 12288
+    (64, 256, BlockAlignedPointwise), (512, 128, BlockAlignedPointwise),
+    # no merge aligns 16 -> 64 (K=8: first conv 8 -> 4 in 2 groups)
+    (16, 64, DensePointwise),
+])
+def test_export_form_rule(in_channels, out_channels, form):
+    assert type(sfconv_export_form(fused_pair(in_channels,
+                                              out_channels))) is form
+
+
+@pytest.mark.parametrize('build', [
+    BlockAlignedPointwise, DensePointwise, sfconv_export_form])
+def test_export_forms_take_only_a_fused_pair(build):
     with pytest.raises(TypeError, match='got Conv2d'):
-        ExportFactorizedPointwise(torch.nn.Conv2d(8, 8, 1))
+        build(torch.nn.Conv2d(8, 8, 1))
 
 
 def test_export_writes_convs_exactly_and_leaves_the_model(tmp_path,
@@ -100,7 +119,9 @@ def test_export_writes_convs_exactly_and_leaves_the_model(tmp_path,
 
     ops = [node.op_type for node in onnx.load(path).graph.node]
     assert 'MatMul' not in ops
-    assert ops.count('Transpose') == len(pairs)  # one shuffle per pair
+    # widths 16 and 32 become dense convs, the 6 pairs of width 64 and 128
+    # block-aligned ones with one shuffle each
+    assert len(pairs) == 10 and ops.count('Transpose') == 6
     x = torch.randn(shape)
     with torch.no_grad():
         expected = model(x)
