@@ -38,5 +38,11 @@ pip_install --no-build-isolation -e '.[det,seg,deploy,tests]'
 # mim's command line, kept out of the environment (see requirements/mim.txt)
 rm -rf "$VENV/mim"
 pip_install --no-deps --target "$VENV/mim" -r requirements/mim.txt
+# The MobileViT-S peer of tools/analysis/benchmark.py is mmpretrain's code,
+# read from its wheel: downloaded, never installed (mmpretrain imports
+# torchvision, which has no build for the CPU torch). Optional.
+"$PY" -m pip download --disable-pip-version-check -q --no-deps \
+    mmpretrain==1.2.0 -d "$HOME/.cache/mmfalcon" ||
+    echo "[setup] warning: mmpretrain's wheel was not downloaded; the benchmark's MobileViT-S rows will say 'unavailable'."
 "$PY" -c 'import mmcv.ops, mmdet, mmseg, mmfalcon; print("[setup] ok: mmcv", mmcv.__version__, "mmdet", mmdet.__version__, "mmseg", mmseg.__version__)'
 echo "$WANT" > "$STAMP"
