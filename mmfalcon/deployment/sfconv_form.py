@@ -14,6 +14,8 @@ ONNX Runtime blocks: the pair with block-aligned groups
 (:class:`BlockAlignedPointwise`) or one dense 1x1 conv
 (:class:`DensePointwise`).
 """
+from typing import Optional, Tuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -26,7 +28,7 @@ NCHWC_BLOCK = 16
 
 
 def aligned_merge(groups: int, in_per_group: int, out_per_group: int,
-                  block: int = NCHWC_BLOCK) -> int:
+                  block: int = NCHWC_BLOCK) -> Optional[int]:
     """How many adjacent groups of a grouped conv to merge into one.
 
     Args:
@@ -37,10 +39,9 @@ def aligned_merge(groups: int, in_per_group: int, out_per_group: int,
             :data:`NCHWC_BLOCK`.
 
     Returns:
-        int: The smallest divisor m of ``groups`` for which ``m *
+        int | None: The smallest divisor m of ``groups`` for which ``m *
         in_per_group`` and ``m * out_per_group`` are multiples of
-        ``block``; 1 (no merge) when there is none, since extra zeros
-        would then not buy the blocked kernel.
+        ``block``; None when there is none.
     """
     for name, value in (('groups', groups), ('in_per_group', in_per_group),
                         ('out_per_group', out_per_group), ('block', block)):
@@ -50,7 +51,7 @@ def aligned_merge(groups: int, in_per_group: int, out_per_group: int,
         if groups % merge == 0 and (merge * in_per_group) % block == 0 and (
                 merge * out_per_group) % block == 0:
             return merge
-    return 1
+    return None
 
 
 def block_diagonal(weight: torch.Tensor, groups: int,
@@ -96,7 +97,8 @@ class BlockAlignedPointwise(nn.Module):
     (Reshape / Transpose / Reshape), grouped 1x1 conv with bias, each
     conv's adjacent groups merged (:func:`aligned_merge`) so that ONNX
     Runtime runs it as an NCHWc conv fused with the bias and the ReLU or
-    residual Add that follows.
+    residual Add that follows. A conv that no merge aligns keeps its
+    groups: extra zeros would not buy the blocked kernel.
 
     Args:
         fused (FactorizedPointwise): The fused pair; its weights are
@@ -110,7 +112,7 @@ class BlockAlignedPointwise(nn.Module):
         super().__init__()
         _check_pair(fused)
         self.groups, self.positions = fused.groups, fused.positions
-        merge1, merge2 = _merges(fused, block)
+        merge1, merge2 = (merge or 1 for merge in _merges(fused, block))
         self.groups1 = fused.groups // merge1
         self.groups2 = fused.positions // merge2
         with torch.no_grad():
@@ -162,7 +164,8 @@ class DensePointwise(nn.Module):
         return F.conv2d(x, self.weight, self.bias)
 
 
-def _merges(fused: FactorizedPointwise, block: int):
+def _merges(fused: FactorizedPointwise,
+            block: int) -> Tuple[Optional[int], Optional[int]]:
     """:func:`aligned_merge` of the pair's first and second conv."""
     return (aligned_merge(fused.groups, fused.window, fused.positions,
                           block),
@@ -205,15 +208,12 @@ def sfconv_export_form(fused: FactorizedPointwise,
     """
     _check_pair(fused)
     merge1, merge2 = _merges(fused, block)
+    if merge1 is None or merge2 is None:
+        return DensePointwise(fused)
     hidden = fused.groups * fused.positions
     in_channels = fused.groups * fused.window
-    aligned = all(c % block == 0 for c in (
-        merge1 * fused.window, merge1 * fused.positions,
-        merge2 * fused.groups,
-        merge2 * fused.out_channels // fused.positions))
     pair_cost = hidden * fused.window * merge1 + (
         fused.out_channels * fused.groups * merge2)
-    if not aligned or (in_channels * fused.out_channels <=
-                       DENSE_COST_RATIO * pair_cost):
+    if in_channels * fused.out_channels <= DENSE_COST_RATIO * pair_cost:
         return DensePointwise(fused)
     return BlockAlignedPointwise(fused, block)

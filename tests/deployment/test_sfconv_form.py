@@ -35,7 +35,7 @@ def relative_error(actual, expected):
     (16, 8, 4, 4),  # 128 -> 32, first conv (K=8)
     (4, 16, 8, 2),  # 128 -> 32, second conv
     (4, 32, 16, 1),  # already aligned
-    (2, 12, 6, 1),  # FalconNet-small 24 -> 96: no merge aligns, none
+    (2, 12, 6, None),  # FalconNet-small 24 -> 96: no merge aligns
 ])
 def test_aligned_merge(groups, in_per_group, out_per_group, merge):
     assert aligned_merge(groups, in_per_group, out_per_group) == merge
