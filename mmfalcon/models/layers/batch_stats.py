@@ -68,42 +68,30 @@ def _lag_kernels(products: torch.Tensor) -> torch.Tensor:
     return lags.index_add_(-1, _LAG.flatten().to(flat.device), flat)
 
 
-def _span(lo: int, hi: int, dom_lo: int, dom_hi: int) -> slice:
-    """Indices, relative to ``dom_lo``, of ``[lo, hi)`` within the domain
-    ``[dom_lo, dom_hi)``."""
-    return slice(max(lo, dom_lo) - dom_lo, max(min(hi, dom_hi) - dom_lo, 0))
-
-
-def _region_sums(plane: torch.Tensor, origin, shift, extent, dilation):
-    """Per-channel sums ``[9, C]`` of a map ``[C, H', W']`` (summed over
-    the batch already) over the nine regions shifted by ``-shift``. The map
-    covers the grid positions from ``origin`` on."""
-    height, width = extent
-    rows = [_span(lo - shift[0], hi - shift[0], origin[0],
-                  origin[0] + plane.shape[1])
-            for lo, hi in _ranges(height, dilation)]
-    cols = [_span(lo - shift[1], hi - shift[1], origin[1],
-                  origin[1] + plane.shape[2])
-            for lo, hi in _ranges(width, dilation)]
-    row_sums, col_sums = plane.sum(2), plane.sum(1)
+def _region_sums(planes: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Sums ``[9 regions, ...]`` of maps ``[..., H, W]`` over the nine
+    regions of the grid, from one row sum and one column sum."""
+    height, width = planes.shape[-2:]
+    row_sums, col_sums = planes.sum(-1), planes.sum(-2)
     sums = []
-    for rk, row in enumerate(rows):
-        for ck, col in enumerate(cols):
+    for rk, (r0, r1) in enumerate(_ranges(height, dilation)):
+        for ck, (c0, c1) in enumerate(_ranges(width, dilation)):
             if rk == 0:
-                sums.append(col_sums[:, col].sum(1))
+                sums.append(col_sums[..., c0:c1].sum(-1))
             elif ck == 0:
-                sums.append(row_sums[:, row].sum(1))
+                sums.append(row_sums[..., r0:r1].sum(-1))
             else:
-                sums.append(plane[:, row, col].sum((1, 2)))
+                sums.append(planes[..., r0:r1, c0:c1].sum((-2, -1)))
     return torch.stack(sums)
 
 
 def _lagged_products(x: torch.Tensor, dilation: int) -> torch.Tensor:
     """``[9 regions, C, 25 lags]``: the sums over each region of positions q
-    of ``x(q) * x(q + lag)`` (zero outside the grid). Each product map
-    serves a lag and its opposite, so 13 products make all 25."""
+    of ``x(q) * x(q + lag)`` (zero outside the grid). The product map of a
+    lag, shifted, is its opposite's, so 13 products make all 25."""
     _, c, h, w = x.shape
-    out = x.new_zeros(9, c, 25)
+    # batch summed first: the regions need no batch axis
+    planes = x.new_zeros(25, c, h, w)
     for lag_r in range(3):
         for lag_c in range(-2, 3):
             if lag_r == 0 and lag_c < 0:
@@ -111,16 +99,13 @@ def _lagged_products(x: torch.Tensor, dilation: int) -> torch.Tensor:
             dr, dc = lag_r * dilation, lag_c * dilation
             if dr >= h or abs(dc) >= w:
                 continue  # no position pairs: the sums stay zero
-            c0 = max(0, -dc)
-            # summed over the batch first: the regions need no batch axis
-            product = (x[:, :, :h - dr, c0:w - max(0, dc)] *
-                       x[:, :, dr:, c0 + dc:w + min(0, dc)]).sum(0)
-            out[:, :, (lag_r + 2) * 5 + lag_c + 2] = _region_sums(
-                product, (0, c0), (0, 0), (h, w), dilation)
-            if lag_r or lag_c:
-                out[:, :, (2 - lag_r) * 5 + 2 - lag_c] = _region_sums(
-                    product, (0, c0), (dr, dc), (h, w), dilation)
-    return out
+            c0, c1 = max(0, -dc), w - max(0, dc)  # q and q + lag inside
+            product = (x[:, :, :h - dr, c0:c1] *
+                       x[:, :, dr:, c0 + dc:c1 + dc]).sum(0)
+            planes[(lag_r + 2) * 5 + lag_c + 2, :, :h - dr, c0:c1] = product
+            planes[(2 - lag_r) * 5 + 2 - lag_c, :, dr:,
+                   c0 + dc:c1 + dc] = product
+    return _region_sums(planes, dilation).transpose(1, 2)
 
 
 class _PatchMoments(torch.autograd.Function):
@@ -137,7 +122,7 @@ class _PatchMoments(torch.autograd.Function):
         n, c, h, w = x.shape
         signs = _SIGNS.to(x)
         count = n * h * w
-        sums = _region_sums(x.sum(0), (0, 0), (0, 0), (h, w), dilation)
+        sums = _region_sums(x.sum(0), dilation)
         mean = torch.einsum('tr,rc->ct', signs, sums) / count
         lags = _lagged_products(x, dilation)[:, :, _LAG.to(x.device)]
         second = torch.einsum('sr,rcst->cst', signs, lags) / count
