@@ -119,8 +119,11 @@ def pair(name, model, refs=(), sfconv_impls=(None, )):
     return rows
 
 
-def backbones_at(size):
+def backbones_at(size, sfconv_impls=('matmul', 'conv')):
     """(name, model, note, [(ratio column, reference row)]) per backbone.
+
+    Fused FalconNet gets a row per PyTorch SF-Conv form in
+    ``sfconv_impls``; ``(None, )`` for ONNX, whose export picks its own.
 
     ParC-Net-S runs at output stride 32 at every size, as MobileViT-S does
     (the like-for-like row); above 320 also at output stride 16, the
@@ -137,7 +140,7 @@ def backbones_at(size):
         from mmdet.models.backbones import MobileNetV2
         vs_mnv2 = [('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')]
         rows = pair('FalconNet', evaluated(FalconNet(out_indices=(2, 3))),
-                    vs_mnv2, sfconv_impls=('matmul', 'conv')) + [
+                    vs_mnv2, sfconv_impls) + [
             ('mmdet MobileNetV2 (4, 7)',
              evaluated(MobileNetV2(out_indices=(4, 7))), '', [])] + rows
     else:
@@ -242,7 +245,8 @@ def main():
             table += train_rows(size, args.batch, args.warmup, args.runs)
             continue
         shape = (1, 3, size, size)
-        entries = backbones_at(size)
+        entries = backbones_at(size, (None, ) if args.onnx else
+                               ('matmul', 'conv'))
         if not args.no_models:
             entries += models_at(size)
         if args.onnx:
