@@ -55,6 +55,10 @@ def test_benchmark_train_rows(run_tool):
         assert row[3] != '-', row  # median ms
     assert 'quartiles x MobileNetV2' in rows[
         'FalconNet-base train @64 x2'][-1], out.stdout
+    # the branch-by-branch form, timed against the folded one
+    branches = rows['FalconNet-base, branches one by one train @64 x2']
+    assert 'fold_batch_stats=False' in branches[-1], branches
+    assert 'x folded' in branches[-1], branches
     vit = rows['MobileViT-S train @64 x2']
     assert 'unavailable' in vit[-1] or vit[3] != '-', vit
 

@@ -199,13 +199,23 @@ def onnx_rows(entries, shape, warmup, runs):
 
 def train_rows(size, batch, warmup, runs):
     """Training-step rows (forward + backward, train mode, batch ``batch``)
-    of the unfused backbones and their peers, interleaved."""
+    of the unfused backbones and their peers, interleaved; FalconNet also
+    with its branches run one by one instead of folded by batch
+    statistics."""
     from mmdet.models.backbones import MobileNetV2
     vit, vit_note = mobilevit_s()
     parc_out_stride = 32 if size <= 320 else 16
+    branches = FalconNet(out_indices=(2, 3))
+    for module in branches.modules():
+        if hasattr(module, 'fold_batch_stats'):
+            module.fold_batch_stats = False
     entries = [
         ('FalconNet-base', FalconNet(out_indices=(2, 3)), '',
          [('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')]),
+        ('FalconNet-base, branches one by one', branches,
+         'fold_batch_stats=False',
+         [('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)'),
+          ('x folded', 'FalconNet-base')]),
         (f'ParC-Net-S os{parc_out_stride}',
          ParCNet(arch='s', out_indices=(4, 5), out_stride=parc_out_stride),
          '', [('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')] +
