@@ -4,8 +4,10 @@ The tools mirror mmdet's / mmseg's CLI and are task-agnostic: the task
 (detection or segmentation) comes from the config's ``default_scope``.
 """
 import argparse
+import logging
 import os
 import os.path as osp
+import sys
 from datetime import timedelta
 from typing import Callable
 
@@ -71,14 +73,27 @@ def run(main: Callable[[], None]) -> None:
     traceback. The process group, if any, is destroyed on
     success and on error: left to the interpreter's exit, its threads can
     abort the process (``terminate called without an active exception``).
+    A distributed run that succeeded then exits at once, logs flushed,
+    without the interpreter's teardown, which could still abort it.
     """
+    distributed = False
     try:
         main()
+        distributed = torch_dist.is_available() and torch_dist.is_initialized()
     except (CheckpointError, DataError) as exc:
         raise SystemExit(f'error: {exc}') from None
     finally:
         if torch_dist.is_available() and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+    if distributed:
+        # Even then the interpreter's own teardown can abort a rank (a C++
+        # thread of the distributed runtime outlives it; seen with gloo on
+        # a loaded machine, after all Python code had run). The work is
+        # done: flush and leave without that teardown.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def load_config(args) -> Config:
