@@ -7,7 +7,7 @@ import os.path as osp
 
 from mmfalcon.apis import init_model
 from mmfalcon.engine import is_fused_checkpoint, save_fused_checkpoint
-from mmfalcon.engine.cli import run
+from mmfalcon.engine.cli import require_file, run
 from mmfalcon.fileio import add_trust_argument
 
 
@@ -18,8 +18,7 @@ def main():
     parser.add_argument('out', help='path of the fused checkpoint')
     add_trust_argument(parser)
     args = parser.parse_args()
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint {args.checkpoint}: no such file')
+    require_file(args.checkpoint, 'checkpoint')
     if is_fused_checkpoint(args.checkpoint):
         raise SystemExit(f'{args.checkpoint} is already a fused checkpoint.')
     model = init_model(args.config, args.checkpoint, fuse=True)

@@ -4,12 +4,12 @@ Accepts a training checkpoint (fused after loading) or a fused one written
 by tools/fuse.py (the model is fused before loading).
 """
 import argparse
-import os.path as osp
 
 from mmengine.logging import print_log
 
 from mmfalcon.engine.cli import (add_common_args, build_runner,
-                                 check_datasets, load_config, run)
+                                 check_datasets, load_config, require_file,
+                                 run)
 
 
 def parse_args():
@@ -27,8 +27,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint {args.checkpoint}: no such file')
+    require_file(args.checkpoint, 'checkpoint')
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
     if not args.no_fuse:

@@ -1,11 +1,10 @@
 """Train a detector or segmentor (mmdet's / mmseg's train.py flags)."""
 import argparse
-import os.path as osp
 
 from mmfalcon.engine.checkpoint import check_trainable, find_resume_checkpoint
 from mmfalcon.engine.cli import (add_common_args, build_runner,
                                  check_datasets, enable_amp, load_config,
-                                 run)
+                                 require_file, run)
 
 
 def parse_args():
@@ -41,8 +40,7 @@ def main():
         cfg.resume = True
         cfg.load_from = find_resume_checkpoint(cfg.work_dir)
     elif args.resume is not None:
-        if not osp.isfile(args.resume):
-            raise SystemExit(f'--resume {args.resume}: no such file')
+        require_file(args.resume, '--resume')
         cfg.resume, cfg.load_from = True, args.resume
     runner = build_runner(cfg)
     if cfg.get('load_from'):

@@ -65,6 +65,13 @@ def add_shape_argument(parser) -> None:
         "pipeline's fixed resize, else 320 320")
 
 
+def require_file(path: str, what: str) -> None:
+    """End the tool with one line when ``path`` (the tool's ``what``, e.g.
+    ``'checkpoint'``) is not a file."""
+    if not osp.isfile(path):
+        raise SystemExit(f'{what} {path}: no such file')
+
+
 def run(main: Callable[[], None]) -> None:
     """Run a tool's ``main``.
 

@@ -5,14 +5,20 @@ import re
 import pytest
 
 
+def table_rows(stdout):
+    """The printed table's cells by row name (its first cell)."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = re.split(r'\s{2,}', line.strip())
+        rows[cells[0]] = cells
+    return rows
+
+
 @pytest.mark.slow
 def test_benchmark_prints_a_complete_table(run_tool):
     out = run_tool('analysis/benchmark.py', '--runs', '1', '--warmup', '0',
                    '--sizes', '96', '--no-models')
-    rows = {}
-    for line in out.stdout.splitlines():
-        cells = re.split(r'\s{2,}', line.strip())
-        rows[cells[0]] = cells
+    rows = table_rows(out.stdout)
     for name in ('FalconNet unfused @96', 'FalconNet fused (matmul) @96',
                  'FalconNet fused (conv) @96',
                  'mmdet MobileNetV2 (4, 7) @96', 'ParC-Net-S os32 fused @96'):
@@ -30,10 +36,7 @@ def test_benchmark_parcnet_rows_above_320(run_tool):
     ratio to MobileViT-S when that is available."""
     out = run_tool('analysis/benchmark.py', '--runs', '2', '--warmup', '0',
                    '--sizes', '352', '--no-models')
-    rows = {}
-    for line in out.stdout.splitlines():
-        cells = re.split(r'\s{2,}', line.strip())
-        rows[cells[0]] = cells
+    rows = table_rows(out.stdout)
     vit_available = 'unavailable' not in rows['MobileViT-S @352'][-1]
     for out_stride in (32, 16):
         row = rows[f'ParC-Net-S os{out_stride} fused @352']
@@ -45,10 +48,7 @@ def test_benchmark_parcnet_rows_above_320(run_tool):
 def test_benchmark_train_rows(run_tool):
     out = run_tool('analysis/benchmark.py', '--train', '--runs', '2',
                    '--warmup', '0', '--sizes', '64', '--batch', '2')
-    rows = {}
-    for line in out.stdout.splitlines():
-        cells = re.split(r'\s{2,}', line.strip())
-        rows[cells[0]] = cells
+    rows = table_rows(out.stdout)
     for name in ('FalconNet-base', 'ParC-Net-S os32',
                  'mmdet MobileNetV2 (4, 7)'):
         row = rows[f'{name} train @64 x2']
@@ -71,10 +71,7 @@ def test_benchmark_onnx_rows(run_tool):
     out = run_tool('analysis/benchmark.py', '--onnx', '--runs', '2',
                    '--warmup', '0', '--sizes', '96', '--no-models')
     assert out.stdout.startswith('ONNX Runtime')
-    rows = {}
-    for line in out.stdout.splitlines():
-        cells = re.split(r'\s{2,}', line.strip())
-        rows[cells[0]] = cells
+    rows = table_rows(out.stdout)
     assert not any('unfused' in name for name in rows), list(rows)
     assert [name for name in rows if name.startswith('FalconNet fused')
             ] == ['FalconNet fused @96 ORT'], list(rows)

@@ -7,11 +7,10 @@ Usage: python tools/demo/image_demo.py IMAGE CONFIG CHECKPOINT
            --out-file OUT.png [--score-thr 0.3]
 """
 import argparse
-import os.path as osp
 
 from mmfalcon.apis import draw_result, inference
 from mmfalcon.apis import init_model
-from mmfalcon.engine.cli import run
+from mmfalcon.engine.cli import require_file, run
 from mmfalcon.fileio import add_trust_argument
 
 
@@ -32,10 +31,8 @@ def parse_args():
 
 def main():
     args = parse_args()
-    for path, what in ((args.image, 'image'), (args.checkpoint,
-                                               'checkpoint')):
-        if not osp.isfile(path):
-            raise SystemExit(f'{what} {path}: no such file')
+    require_file(args.image, 'image')
+    require_file(args.checkpoint, 'checkpoint')
     model = init_model(args.config, args.checkpoint, fuse=True,
                        device=args.device)
     result = inference(model, args.image)

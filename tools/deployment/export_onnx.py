@@ -9,12 +9,11 @@ Usage: python tools/deployment/export_onnx.py CONFIG CHECKPOINT OUT.onnx
            [--shape H W] [--opset N] [--tolerance 1e-4]
 """
 import argparse
-import os.path as osp
 
 from mmfalcon.deployment import (DEFAULT_OPSET, check_onnx, export_onnx,
                                  input_size_from_config)
 from mmfalcon.apis import init_model
-from mmfalcon.engine.cli import add_shape_argument, run
+from mmfalcon.engine.cli import add_shape_argument, require_file, run
 from mmfalcon.fileio import add_trust_argument
 
 
@@ -37,8 +36,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint {args.checkpoint}: no such file')
+    require_file(args.checkpoint, 'checkpoint')
     model = init_model(args.config, args.checkpoint, fuse=True)
     shape = (1, 3) + (args.shape or input_size_from_config(model.cfg))
     try:

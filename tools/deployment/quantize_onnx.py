@@ -23,7 +23,7 @@ from mmfalcon.deployment import (CALIBRATION_METHODS, OnnxRuntimeModule,
                                  calibration_inputs, check_onnx, evaluate,
                                  export_onnx, input_size_from_config,
                                  layer_errors, quantize_onnx)
-from mmfalcon.engine.cli import add_shape_argument, run
+from mmfalcon.engine.cli import add_shape_argument, require_file, run
 from mmfalcon.fileio import add_trust_argument
 
 
@@ -58,8 +58,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint {args.checkpoint}: no such file')
+    require_file(args.checkpoint, 'checkpoint')
     if args.calib_images < 1:
         raise SystemExit(f'--calib-images: the number of calibration images '
                          f'must be >= 1, got {args.calib_images}')
