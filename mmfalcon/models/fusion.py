@@ -96,8 +96,10 @@ class FusableLayer(nn.Module):
         if ckpt_fused and not self.is_fused:
             raise RuntimeError(
                 f'The checkpoint holds the fused (deploy) form of {name!r} '
-                'but the model is unfused. Build the model with deploy=True '
-                'or call mmfalcon.fuse_model(model) before loading.')
+                'but the model is unfused. Load it into the whole model (an '
+                'mmfalcon backbone and the model holding it take the form '
+                'of the checkpoint) or call mmfalcon.fuse_model(model) '
+                'before loading.')
         if ckpt_unfused and not ckpt_fused and self.is_fused:
             raise RuntimeError(
                 f'The checkpoint holds the unfused (training) form of '

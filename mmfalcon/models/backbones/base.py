@@ -5,6 +5,7 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..checkpoint_form import match_fused_checkpoint
 from ..fusion import fuse_model, is_fused
 
 
@@ -110,3 +111,10 @@ class FusableBackbone(BaseModule):
         """Fuse in place (idempotent); mmpretrain's name for
         :func:`mmfalcon.fuse_model`."""
         fuse_model(self)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # loaded on its own (init_cfg=Pretrained, load_state_dict), a
+        # backbone takes the form of the checkpoint; inside a model, the
+        # model's own load pre-hook has already done so
+        match_fused_checkpoint(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
