@@ -5,8 +5,9 @@ from mmseg.datasets import PascalVOCDataset
 
 from mmfalcon.registry import DATASETS, register
 
-README_SECTION = ("README.md, section 'Preparing PASCAL VOC 2012 + SBD "
-                  "(aug)'")
+# the preparation notes, linked from README.md
+PREPARATION_DOC = ("docs/datasets.md (linked from README.md), section "
+                   "'PASCAL VOC 2012 + SBD (aug)'")
 
 
 @register(DATASETS)
@@ -15,7 +16,7 @@ class CheckedPascalVOCDataset(PascalVOCDataset):
 
     mmseg fails deep inside file listing or with a bare assertion; this
     names the first missing path (root, split list, image or mask folder)
-    and where the README explains how to build it. Arguments are those of
+    and where the docs explain how to build it. Arguments are those of
     ``PascalVOCDataset``.
     """
 
@@ -29,7 +30,7 @@ class CheckedPascalVOCDataset(PascalVOCDataset):
             if path and not osp.exists(path):
                 raise FileNotFoundError(
                     f'PASCAL VOC: {path!r} does not exist. See '
-                    f'{README_SECTION} for downloading VOC2012 and SBD and '
+                    f'{PREPARATION_DOC} for downloading VOC2012 and SBD and '
                     'building the aug split.')
         super().__init__(ann_file=ann_file, data_root=data_root,
                          data_prefix=data_prefix, **kwargs)

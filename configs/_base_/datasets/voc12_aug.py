@@ -1,6 +1,6 @@
 # PASCAL VOC 2012 + SBD "aug" (mmseg's pascal_voc12_aug layout) under
-# data/VOCdevkit/VOC2012; README.md explains how to build it. The dataset
-# class checks the files exist and names what is missing.
+# data/VOCdevkit/VOC2012; docs/datasets.md explains how to build it. The
+# dataset class checks the files exist and names what is missing.
 dataset_type = 'mmfalcon.CheckedPascalVOCDataset'
 data_root = 'data/VOCdevkit/VOC2012'
 crop_size = (512, 512)
