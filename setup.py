@@ -3,6 +3,8 @@
 Like mmdet's, the wheel carries ``mmfalcon/.mim/{configs,tools,
 model-index.yml}`` so that ``mim`` and mmengine's ``mmfalcon::`` config
 prefix find them in an installed package; an editable install links them.
+The sdist carries that copy (MANIFEST.in), and a wheel built from the
+unpacked sdist reuses it.
 """
 import os
 import os.path as osp
@@ -51,6 +53,14 @@ def add_mim_extension():
     os.makedirs(mim_dir, exist_ok=True)
     for name in MIM_FILES:
         src, dst = osp.join(root, name), osp.join(mim_dir, name)
+        if not osp.exists(src):
+            # an unpacked sdist holds the copy MANIFEST.in packed, not the
+            # sources
+            if not osp.exists(dst):
+                raise FileNotFoundError(
+                    f'{name}: neither {src} nor its packed copy {dst} '
+                    'exists; build from a checkout or an sdist')
+            continue
         if osp.islink(dst) or osp.isfile(dst):
             os.remove(dst)
         elif osp.isdir(dst):
@@ -72,10 +82,28 @@ setup(
     'MMDetection and MMSegmentation',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
+    author='the mmfalcon authors',
+    url='https://github.com/mmfalcon/mmfalcon',
+    # PEP 639 (setuptools >= 77): an SPDX expression instead of a License
+    # classifier, which setuptools rejects beside it
+    license_expression='Apache-2.0',
+    license_files=['LICENSE'],
+    keywords=['computer vision', 'object detection', 'semantic segmentation',
+              'backbone', 'structural re-parameterization', 'FalconNet',
+              'ParC-Net', 'OpenMMLab'],
+    classifiers=[
+        'Development Status :: 3 - Alpha',
+        'Operating System :: OS Independent',
+        'Programming Language :: Python :: 3',
+        'Programming Language :: Python :: 3.9',
+        'Programming Language :: Python :: 3.10',
+        'Programming Language :: Python :: 3.11',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
     packages=find_packages(exclude=('configs', 'tools', 'tests')),
     include_package_data=True,
     package_data={'mmfalcon': ['.mim/**/*', '.mim/*']},
-    python_requires='>=3.8',
+    python_requires='>=3.9',  # torch>=2.6 (requirements/runtime.txt)
     install_requires=[supported('mmengine'), supported('mmcv')] +
     read_requirements('requirements/runtime.txt'),
     extras_require=dict(
