@@ -1,6 +1,6 @@
 """Training with branches folded by batch statistics (RepSO, SF-Conv/RefCO)
 computes the branches' function: outputs, gradients, running statistics."""
-import copy
+import functools
 
 import pytest
 import torch
@@ -10,16 +10,6 @@ import torch.nn.functional as F
 from mmfalcon.models import FalconNet
 from mmfalcon.models.layers import RefCO, RepSO, SFConv
 from mmfalcon.models.layers.batch_stats import patch_moments
-
-FOLDING = (RepSO, SFConv)
-
-
-def set_folding(model, enabled):
-    for module in model.modules():
-        if isinstance(module, FOLDING):
-            module.fold_batch_stats = enabled
-    return model
-
 
 def randomize_affine(model, seed=0):
     """Non-trivial BN affine parameters (the running statistics are what
@@ -63,39 +53,52 @@ def assert_same_training(branches, folded, x, tol=1e-10):
         assert torch.allclose(buf_f, buf_b, rtol=tol, atol=tol), name
 
 
-def folded_pair(layer):
-    branches = set_folding(randomize_affine(layer.double().train()), False)
-    return branches, set_folding(copy.deepcopy(branches), True)
+def built_pair(build):
+    """``build(fold_batch_stats=False)`` and ``build(fold_batch_stats=True)``
+    with the same weights."""
+    branches = build(fold_batch_stats=False)
+    folded = build(fold_batch_stats=True)
+    folded.load_state_dict(branches.state_dict(), strict=True)
+    return branches, folded
+
+
+def folded_pair(build):
+    """:func:`built_pair` in float64 training mode, with the same random
+    BN affine parameters."""
+    branches, folded = built_pair(build)
+    return (randomize_affine(branches).double().train(),
+            randomize_affine(folded).double().train())
 
 
 @pytest.mark.parametrize('dilation,size', [(1, (9, 7)), (2, (9, 11)),
                                            (3, (4, 5)), (1, (1, 1)),
                                            (1, (2, 3))])
 def test_repso_folded_training_equals_branches(dilation, size):
-    branches, folded = folded_pair(RepSO(6, dilation=dilation))
+    branches, folded = folded_pair(
+        functools.partial(RepSO, 6, dilation=dilation))
     x = torch.randn(3, 6, *size, dtype=torch.float64) + 0.5
     assert_same_training(branches, folded, x)
     assert_same_training(branches, folded, x * 2 - 1)  # running stats again
 
 
 def test_repso_folded_with_cumulative_average_and_no_affine():
-    layer = RepSO(4, norm_cfg=dict(type='BN', momentum=None, affine=False))
-    branches, folded = folded_pair(layer)
+    branches, folded = folded_pair(functools.partial(
+        RepSO, 4, norm_cfg=dict(type='BN', momentum=None, affine=False)))
     x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
     for _ in range(3):  # momentum None: the average over all batches
         assert_same_training(branches, folded, x)
         x = x * 1.5 + 0.3
 
 
-@pytest.mark.parametrize('layer,size', [
-    (RefCO(32, 128), (5, 7)),
-    (RefCO(128, 32), (3, 3)),
-    (SFConv(64, 256), (4, 4)),
-    (RefCO(64, 256), (1, 1)),
+@pytest.mark.parametrize('layer,channels,size', [
+    (RefCO, (32, 128), (5, 7)),
+    (RefCO, (128, 32), (3, 3)),
+    (SFConv, (64, 256), (4, 4)),
+    (RefCO, (64, 256), (1, 1)),
 ])
-def test_sfconv_folded_training_equals_branches(layer, size):
-    branches, folded = folded_pair(layer)
-    x = torch.randn(3, layer.in_channels, *size, dtype=torch.float64) + 3
+def test_sfconv_folded_training_equals_branches(layer, channels, size):
+    branches, folded = folded_pair(functools.partial(layer, *channels))
+    x = torch.randn(3, channels[0], *size, dtype=torch.float64) + 3
     assert_same_training(branches, folded, x)
     assert_same_training(branches, folded, x - 3)
 
@@ -139,7 +142,26 @@ def test_folding_is_used_only_where_exact():
     assert conv_calls(RepSO(4, stride=2).train(), x) == 4
     sync = RepSO(4, norm_cfg=dict(type='SyncBN')).train()
     assert not sync._can_fold_batch_stats()
-    assert conv_calls(SFConv(16, 16).train(), torch.randn(2, 16, 3, 3)) == 0
+    assert conv_calls(RepSO(4, fold_batch_stats=False).train(), x) == 4
+    x = torch.randn(2, 16, 3, 3)
+    assert conv_calls(SFConv(16, 16).train(), x) == 0
+    assert conv_calls(SFConv(16, 16, fold_batch_stats=False).train(), x) == 2
+
+
+@pytest.mark.parametrize('enabled', [True, False])
+def test_falconnet_fold_batch_stats_reaches_every_layer(enabled):
+    """The backbone argument sets every RepSO and SF-Conv/RefCO, and their
+    training forward follows it: no branch conv runs when folded."""
+    model = FalconNet(arch='tiny', fold_batch_stats=enabled).train()
+    layers = [m for m in model.modules() if isinstance(m, (RepSO, SFConv))]
+    assert layers and all(m.fold_batch_stats == enabled for m in layers)
+    convs = [conv for layer in layers for conv in layer.modules()
+             if isinstance(conv, nn.Conv2d)]
+    calls = []
+    for conv in convs:
+        conv.register_forward_hook(lambda *a: calls.append(1))
+    model(torch.randn(2, 3, 64, 64))
+    assert len(calls) == (0 if enabled else len(convs))
 
 
 def test_falconnet_training_forward_unchanged():
@@ -147,9 +169,9 @@ def test_falconnet_training_forward_unchanged():
     branch-by-branch forward in float32; float64 shows it is rounding.
     Checkpoints of either form load strictly into the other."""
     torch.manual_seed(0)
-    branches = set_folding(
-        FalconNet(arch='tiny', out_indices=(1, 2, 3)).train(), False)
-    folded = set_folding(copy.deepcopy(branches), True)
+    branches, folded = built_pair(functools.partial(
+        FalconNet, arch='tiny', out_indices=(1, 2, 3)))
+    branches.train(), folded.train()
     x = torch.randn(2, 3, 96, 128)
     for out_f, out_b in zip(folded(x), branches(x)):
         assert relative(out_f, out_b) < 1e-5
@@ -164,9 +186,10 @@ def test_folded_training_under_bfloat16_autocast():
     the branches' output precision and take statistics in float32, as BN
     does, so outputs and running statistics stay close to float32's."""
     torch.manual_seed(0)
-    reference = set_folding(FalconNet(arch='tiny', out_indices=(3, )), False)
-    folded = set_folding(copy.deepcopy(reference), True)
-    mixed = copy.deepcopy(folded)
+    build = functools.partial(FalconNet, arch='tiny', out_indices=(3, ))
+    reference, folded = built_pair(build)
+    mixed = build(fold_batch_stats=True)
+    mixed.load_state_dict(folded.state_dict())
     x = torch.randn(2, 3, 64, 96)
     (out_ref, ) = reference.train()(x)
     with torch.autocast('cpu', dtype=torch.bfloat16):

@@ -1,10 +1,14 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import mmfalcon
-from mmfalcon.models.layers import (ConvNorm, RefCO, RepSO, SandglassBlock,
-                                    SFConv, best_window, sfconv_params)
+from mmfalcon.models import FalconNet, fuse_model
+from mmfalcon.models.layers import (ConvNorm, FactorizedPointwise, RefCO,
+                                    RepSO, SandglassBlock, SFConv,
+                                    best_window, sfconv_params)
+from mmfalcon.models.layers.sfconv import SFCONV_IMPLS
 
 ATOL = 1e-4
 
@@ -51,15 +55,56 @@ def test_sfconv_fusion_exact(cls, branches, cin, cout, randomize_bn):
     assert out.shape == (2, cout, 7, 9)
 
 
-def test_fused_sfconv_implementations_agree(randomize_bn):
-    layer = randomize_bn(RefCO(32, 128)).eval()
-    layer.fuse()
-    x = torch.randn(1, 32, 5, 6)
-    with torch.no_grad():
-        matmul_out = layer(x)
-        layer.fused.impl = 'conv'
-        conv_out = layer(x)
-    assert (matmul_out - conv_out).abs().max().item() < 1e-5
+def conv2d_calls(monkeypatch, module, x):
+    """How many times ``module(x)`` calls ``F.conv2d``."""
+    calls = []
+    conv2d = F.conv2d
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setattr(F, 'conv2d',
+                      lambda *a, **k: calls.append(1) or conv2d(*a, **k))
+        out = module(x)
+    return out, len(calls)
+
+
+def test_fused_sfconv_implementations_agree(randomize_bn, monkeypatch):
+    """``impl`` picks the fused pair's form: the same function (float64,
+    exact up to rounding), matmuls or two grouped convs."""
+    layers = {impl: RefCO(32, 128, impl=impl).double()
+              for impl in SFCONV_IMPLS}
+    randomize_bn(layers['matmul'])
+    layers['conv'].load_state_dict(layers['matmul'].state_dict())
+    x = torch.randn(1, 32, 5, 6, dtype=torch.float64)
+    outs = {}
+    for impl, layer in layers.items():
+        layer.eval().fuse()
+        assert layer.fused.impl == impl
+        outs[impl], calls = conv2d_calls(monkeypatch, layer, x)
+        assert calls == (2 if impl == 'conv' else 0)
+    err = (outs['matmul'] - outs['conv']).abs().max().item()
+    assert err < 1e-12 * outs['matmul'].abs().max().item()
+
+
+def test_falconnet_sfconv_impl_reaches_every_fused_pair(monkeypatch):
+    model = FalconNet(arch='tiny', sfconv_impl='conv').eval()
+    fuse_model(model)
+    pairs = [m for m in model.modules()
+             if isinstance(m, FactorizedPointwise)]
+    assert pairs and all(m.impl == 'conv' for m in pairs)
+    _, calls = conv2d_calls(monkeypatch, pairs[0], torch.randn(
+        1, pairs[0].groups * pairs[0].window, 3, 3))
+    assert calls == 2
+
+
+@pytest.mark.parametrize('build', [
+    lambda impl: FactorizedPointwise(32, 128, 16, 2, impl=impl),
+    lambda impl: SFConv(32, 128, impl=impl),
+    lambda impl: RefCO(32, 128, impl=impl, deploy=True),
+    lambda impl: FalconNet(arch='tiny', sfconv_impl=impl),
+])
+def test_unknown_sfconv_impl_is_refused(build):
+    with pytest.raises(ValueError, match=r"SF-Conv impl='Conv': expected "
+                       r"one of \('matmul', 'conv'\)"):
+        build('Conv')
 
 
 @pytest.mark.parametrize('deploy', [False, True])

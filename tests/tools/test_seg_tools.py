@@ -74,3 +74,8 @@ def test_seg_demo_learns_then_fuses_and_tests(tmp_path, config_path,
     out = run_tool('test.py', small, osp.join(mmseg_work, 'iter_2.pth'),
                    '--work-dir', mmseg_work, tools_dir=mmseg_tools)
     assert re.search(r'mIoU: [0-9.]+', out.log)
+    # and take the fused checkpoint, scoring what our test.py scored
+    log = run_tool('test.py', small, fused, '--work-dir', mmseg_work,
+                   tools_dir=mmseg_tools).log
+    assert 'in fused (deploy) form; fused them to match' in log
+    assert float(re.findall(r'mIoU: ([0-9.]+)', log)[-1]) == tested

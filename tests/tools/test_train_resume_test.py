@@ -100,6 +100,25 @@ def test_test_tool_on_fused_and_training_checkpoints(trained, workspace,
         assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log), log[-2000:]
 
 
+def test_mmdet_test_tool_on_fused_and_training_checkpoints(
+        trained, workspace, config, run_tool):
+    """mmdet's own tools/test.py takes the fused checkpoint with the config
+    unchanged (the model fuses to match it) and scores what the training
+    checkpoint scores."""
+    work, fused = trained
+    logs = [
+        run_tool('test.py', config, ckpt, '--work-dir',
+                 osp.join(work, 'mmdet_test'), tools_dir=MMDET_TOOLS,
+                 cwd=workspace).log
+        for ckpt in (fused, osp.join(work, 'epoch_2.pth'))
+    ]
+    assert 'in fused (deploy) form; fused them to match' in logs[0]
+    fused_scores, training_scores = (
+        re.findall(r'coco/bbox_mAP: (-?[0-9.]+)', log) for log in logs)
+    assert fused_scores and fused_scores == training_scores, (
+        fused_scores, training_scores)
+
+
 def test_image_demo_on_the_fused_checkpoint(trained, tmp_path, config,
                                             run_tool):
     _, fused = trained

@@ -30,13 +30,9 @@ CONFIGS = ('falconnet/ssdlite_falcon_coco.py', 'parcnet/ssdlite_parcnet_coco.py'
 CONFIG_DIR = osp.join(osp.dirname(__file__), '..', '..', 'configs')
 
 
-def fused(model, sfconv_impl=None):
+def fused(model):
     model = mmfalcon.fuse_model(copy.deepcopy(model))
     model.eval()
-    if sfconv_impl is not None:
-        for module in model.modules():
-            if hasattr(module, 'impl'):
-                module.impl = sfconv_impl
     return model
 
 
@@ -107,16 +103,33 @@ def mobilevit_s():
     return evaluated(MobileViT(arch='small', out_indices=(3, 4))), note
 
 
-def pair(name, model, refs=(), sfconv_impls=(None, )):
+def pair(name, model, refs=(), sfconv_forms=None):
     """Unfused + fused rows of one model; each fused row is compared with
-    the unfused one and with the reference rows ``refs``."""
+    the unfused one and with the reference rows ``refs``. ``sfconv_forms``
+    (from :func:`falconnet_forms`) maps an SF-Conv impl to the model built
+    with it, one fused row each; by default one fused row of ``model``."""
     rows = [(f'{name} unfused', model, '', list(refs))]
-    for impl in sfconv_impls:
+    for impl, form in (sfconv_forms or {None: model}).items():
         note = f'SF-Conv as {impl}' if impl else ''
         rows.append((f'{name} fused' + (f' ({impl})' if impl else ''),
-                     fused(model, impl), note,
+                     fused(form), note,
                      [('x unfused', f'{name} unfused')] + list(refs)))
     return rows
+
+
+def falconnet_forms(sfconv_impls, **kwargs):
+    """``FalconNet(**kwargs)`` in eval mode and, per impl in
+    ``sfconv_impls``, a FalconNet with its weights built with that
+    ``sfconv_impl`` (``None``: the model itself)."""
+    model = evaluated(FalconNet(**kwargs))
+    forms = {}
+    for impl in sfconv_impls:
+        if impl is None:
+            forms[impl] = model
+            continue
+        forms[impl] = evaluated(FalconNet(sfconv_impl=impl, **kwargs))
+        forms[impl].load_state_dict(model.state_dict())
+    return model, forms
 
 
 def backbones_at(size, sfconv_impls=('matmul', 'conv')):
@@ -139,8 +152,8 @@ def backbones_at(size, sfconv_impls=('matmul', 'conv')):
     if size <= 320:
         from mmdet.models.backbones import MobileNetV2
         vs_mnv2 = [('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')]
-        rows = pair('FalconNet', evaluated(FalconNet(out_indices=(2, 3))),
-                    vs_mnv2, sfconv_impls) + [
+        falconnet, forms = falconnet_forms(sfconv_impls, out_indices=(2, 3))
+        rows = pair('FalconNet', falconnet, vs_mnv2, forms) + [
             ('mmdet MobileNetV2 (4, 7)',
              evaluated(MobileNetV2(out_indices=(4, 7))), '', [])] + rows
     else:
@@ -205,10 +218,7 @@ def train_rows(size, batch, warmup, runs):
     from mmdet.models.backbones import MobileNetV2
     vit, vit_note = mobilevit_s()
     parc_out_stride = 32 if size <= 320 else 16
-    branches = FalconNet(out_indices=(2, 3))
-    for module in branches.modules():
-        if hasattr(module, 'fold_batch_stats'):
-            module.fold_batch_stats = False
+    branches = FalconNet(out_indices=(2, 3), fold_batch_stats=False)
     entries = [
         ('FalconNet-base', FalconNet(out_indices=(2, 3)), '',
          [('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')]),

@@ -1,5 +1,6 @@
 import copy
 import warnings
+from typing import Sequence
 
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
@@ -48,12 +49,14 @@ def check_batch_norm(norm_cfg, owner):
 
 class FusableBackbone(BaseModule):
     """What FalconNet and ParC-Net share: arch parsing, the batch-norm
-    check, ``frozen_stages`` / ``norm_eval`` handling in ``train()`` and
+    check, one rule for ``out_indices`` and ``frozen_stages``,
+    ``frozen_stages`` / ``norm_eval`` handling in ``train()`` and
     ``switch_to_deploy()``.
 
-    Subclasses define ``arch_zoo`` and ``arch_keys``, set ``frozen_stages``
-    and ``norm_eval``, and implement :meth:`_check_arch` (the values of a
-    custom arch) and :meth:`_stages` (the modules in freezing order).
+    Subclasses define ``arch_zoo`` and ``arch_keys``, implement
+    :meth:`_check_arch` (the values of a custom arch), call
+    :meth:`_parse_indices` before building their layers and set
+    ``norm_eval``.
     """
     arch_zoo: dict = {}
     arch_keys: tuple = ()
@@ -84,11 +87,56 @@ class FusableBackbone(BaseModule):
     def _check_arch(self, arch):
         raise NotImplementedError
 
-    def _stages(self):
-        raise NotImplementedError
+    def _parse_indices(self, out_indices, frozen_stages,
+                       output_names: Sequence[str],
+                       stage_names: Sequence[str]):
+        """Check ``out_indices`` and ``frozen_stages`` by mmpretrain's rule
+        and set them, with ``stage_names``.
+
+        ``out_indices``: an int or a non-empty sequence of ints indexing
+        ``output_names``, negative ones counting from the end (-1 the last
+        output); kept non-negative, without duplicates, in increasing order
+        (the order of the forward's outputs). ``frozen_stages``: -1 freezes
+        nothing, k >= 0 the first k + 1 modules of ``stage_names`` (0 the
+        stem alone), so -1..len(stage_names) - 1.
+
+        Args:
+            out_indices (int | Sequence[int]): The outputs to return.
+            frozen_stages (int): The stages to freeze.
+            output_names (Sequence[str]): Names of the outputs, by index.
+            stage_names (Sequence[str]): Paths of the modules to freeze,
+                stem first, in freezing order (for ``get_submodule``).
+
+        Raises:
+            ValueError: A value outside these ranges, named with the range.
+        """
+        num = len(output_names)
+        valid = (f'expected ints in 0..{num - 1} (' + ', '.join(
+            f'{i} {name}' for i, name in enumerate(output_names)) +
+                 f') or -{num}..-1')
+        indices = (out_indices, ) if isinstance(out_indices, int) else (
+            out_indices)
+        if not isinstance(indices, Sequence) or not indices:
+            raise ValueError(f'out_indices={out_indices!r}: {valid}, at '
+                             'least one.')
+        for index in indices:
+            if not isinstance(index, int) or not -num <= index < num:
+                raise ValueError(f'out_indices contains {index!r}, out of '
+                                 f'range: {valid}.')
+        last = len(stage_names) - 1
+        if not isinstance(frozen_stages,
+                          int) or not -1 <= frozen_stages <= last:
+            raise ValueError(
+                f'frozen_stages={frozen_stages!r} out of range: expected '
+                f'-1..{last} (-1 freezes nothing, k the first k + 1 of '
+                f"{', '.join(stage_names)}).")
+        self.out_indices = tuple(sorted({index % num for index in indices}))
+        self.frozen_stages = frozen_stages
+        self.stage_names = tuple(stage_names)
 
     def _freeze_stages(self):
-        for module in self._stages()[:self.frozen_stages + 1]:
+        for name in self.stage_names[:self.frozen_stages + 1]:
+            module = self.get_submodule(name)
             module.eval()
             for param in module.parameters():
                 param.requires_grad = False

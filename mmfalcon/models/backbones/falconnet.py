@@ -10,26 +10,29 @@ from mmengine.logging import print_log
 from mmfalcon.registry import MODELS, register
 from ..layers import (ConvNorm, FasterNetBlock, InvertedResidual, RefCO,
                       RepSO, SandglassBlock, best_window)
+from ..layers.sfconv import check_sfconv_impl
 from .base import FusableBackbone, check_batch_norm, default_init_cfg
 
 _dense_fallbacks_logged = set()
 
 
 def build_channel_op(in_channels, out_channels, reduction, num_branches,
-                     norm_cfg, deploy):
+                     conv_cfg, norm_cfg, deploy, fold_batch_stats,
+                     sfconv_impl):
     """RefCO when an SF-Conv window exists, else a dense 1x1 conv + BN."""
     if best_window(in_channels, out_channels, reduction) is not None:
         return RefCO(in_channels, out_channels, reduction,
-                     num_branches=num_branches, norm_cfg=norm_cfg,
-                     deploy=deploy)
+                     num_branches=num_branches, conv_cfg=conv_cfg,
+                     norm_cfg=norm_cfg, deploy=deploy,
+                     fold_batch_stats=fold_batch_stats, impl=sfconv_impl)
     if (in_channels, out_channels) not in _dense_fallbacks_logged:
         _dense_fallbacks_logged.add((in_channels, out_channels))
         print_log(
             f'FalconNet: no feasible SF-Conv window for {in_channels} -> '
             f'{out_channels} channels (reduction {reduction}); using a '
             'dense 1x1 conv.', logger='current', level=logging.WARNING)
-    return ConvNorm(in_channels, out_channels, 1, norm_cfg=norm_cfg,
-                    deploy=deploy)
+    return ConvNorm(in_channels, out_channels, 1, conv_cfg=conv_cfg,
+                    norm_cfg=norm_cfg, deploy=deploy)
 
 
 class MetaLightBlock(nn.Module):
@@ -49,29 +52,40 @@ class MetaLightBlock(nn.Module):
             Defaults to 3.
         reduction (int): SF-Conv channel reduction R. Defaults to 2.
         drop_path (float): Stochastic depth rate. Defaults to 0.
+        conv_cfg (dict | None): Config of the training convs (see
+            :class:`~mmfalcon.models.layers.ConvNorm`); ``None`` for
+            ``nn.Conv2d``. Defaults to None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to
             ``dict(type='ReLU')``.
         deploy (bool): Build fused layers directly. Defaults to False.
+        fold_batch_stats (bool): Train RepSO and RefCO with their branches
+            folded by batch statistics where that is exact; False runs the
+            branches one by one. Defaults to True.
+        sfconv_impl (str): How the fused RefCO pairs run in PyTorch,
+            ``'matmul'`` or ``'conv'`` (see
+            :class:`~mmfalcon.models.layers.FactorizedPointwise`).
+            Defaults to 'matmul'.
     """
 
     def __init__(self, channels, expand_ratio=4, dilation=1,
                  num_spatial_branches=3, num_channel_branches=3, reduction=2,
-                 drop_path=0., norm_cfg=dict(type='BN'),
-                 act_cfg=dict(type='ReLU'), deploy=False):
+                 drop_path=0., conv_cfg=None, norm_cfg=dict(type='BN'),
+                 act_cfg=dict(type='ReLU'), deploy=False,
+                 fold_batch_stats=True, sfconv_impl='matmul'):
         super().__init__()
         hidden = channels * expand_ratio
-        self.channel_op1 = build_channel_op(channels, hidden, reduction,
-                                            num_channel_branches, norm_cfg,
-                                            deploy)
+        common = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, deploy=deploy,
+                      fold_batch_stats=fold_batch_stats)
+        channel_op = dict(reduction=reduction,
+                          num_branches=num_channel_branches,
+                          sfconv_impl=sfconv_impl, **common)
+        self.channel_op1 = build_channel_op(channels, hidden, **channel_op)
         self.act1 = build_activation_layer(act_cfg)
         self.spatial_op = RepSO(hidden, dilation=dilation,
-                                num_3x3=num_spatial_branches,
-                                norm_cfg=norm_cfg, deploy=deploy)
+                                num_3x3=num_spatial_branches, **common)
         self.act2 = build_activation_layer(act_cfg)
-        self.channel_op2 = build_channel_op(hidden, channels, reduction,
-                                            num_channel_branches, norm_cfg,
-                                            deploy)
+        self.channel_op2 = build_channel_op(hidden, channels, **channel_op)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else (
             nn.Identity())
 
@@ -93,6 +107,11 @@ LIGHTNET_BLOCKS = {
     'SandglassBlock': SandglassBlock,
 }
 
+# Block arguments FalconNet sets itself (the block config must not).
+BLOCK_ARGS_SET_BY_FALCONNET = ('dilation', 'drop_path', 'conv_cfg', 'norm_cfg',
+                               'act_cfg', 'deploy', 'fold_batch_stats',
+                               'sfconv_impl')
+
 # Where the stem's shortcut joins (the paper only draws it); it can only
 # wrap the stride-1 3x3 DW conv, the one stem layer whose input and output
 # shapes match.
@@ -107,27 +126,29 @@ class LightNetStem(nn.Module):
     (norm, no activation).
 
     Args:
+        in_channels (int): Input image channels.
         out_channels (int): Output channels (the first stage width C1).
         mid_channels (int): Width of the first two convs.
         shortcut (str | None): Where the shortcut around the 3x3 DW conv
             joins: ``'after_act'`` adds the input to the DW conv's activated
             output, ``'before_act'`` adds it before the activation, ``None``
             drops the shortcut.
+        conv_cfg (dict | None): Config of the training convs.
         norm_cfg (dict): Norm config.
         act_cfg (dict): Activation config.
         deploy (bool): Build fused convs directly.
     """
 
-    def __init__(self, out_channels, mid_channels, shortcut, norm_cfg,
-                 act_cfg, deploy):
+    def __init__(self, in_channels, out_channels, mid_channels, shortcut,
+                 conv_cfg, norm_cfg, act_cfg, deploy):
         super().__init__()
         if shortcut not in STEM_SHORTCUTS:
             raise ValueError(f'stem_shortcut={shortcut!r}: expected one of '
                              f'{STEM_SHORTCUTS}.')
         self.shortcut = shortcut
-        common = dict(norm_cfg=norm_cfg, deploy=deploy)
-        self.conv = ConvNorm(3, mid_channels, 3, stride=2, act_cfg=act_cfg,
-                             **common)
+        common = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, deploy=deploy)
+        self.conv = ConvNorm(in_channels, mid_channels, 3, stride=2,
+                             act_cfg=act_cfg, **common)
         # 'before_act' needs the sum before the activation, so the DW conv
         # then leaves its activation to the stem.
         self.dw_conv = ConvNorm(
@@ -163,10 +184,13 @@ class FalconNet(FusableBackbone):
     Args:
         arch (str | dict): A name in ``arch_zoo`` or a dict with keys
             ``depths`` and ``widths`` (4 ints each). Defaults to 'base'.
+        in_channels (int): Input image channels. Defaults to 3.
         block (str | dict): Block type, one of ``LIGHTNET_BLOCKS``
             ('MetaLightBlock', 'InvertedResidual', 'FasterNetBlock',
             'SandglassBlock'), or a dict with ``type`` and extra block
-            arguments. Defaults to 'MetaLightBlock'.
+            arguments (not those FalconNet passes to every block itself:
+            ``BLOCK_ARGS_SET_BY_FALCONNET``). Defaults to
+            'MetaLightBlock'.
         stem_ratio (float): Stem hidden width as a fraction of the first
             stage width. Defaults to 0.5.
         stem_shortcut (str | None): Where the stem's shortcut joins. The
@@ -179,7 +203,8 @@ class FalconNet(FusableBackbone):
             when index 4 is in ``out_indices``. Defaults to 1024.
         out_indices (int | Sequence[int]): Outputs to return, in increasing
             order whatever the order given: 0-3 the stages (strides 4, 8,
-            16, 32), 4 the head conv. Defaults to (3, ).
+            16, 32), 4 the head conv; negative indices count from the end
+            (-1 the head conv). Defaults to (3, ).
         out_stride (int): 32, 16 or 8. Below 32 the subsampling before the
             last (16) or last two (8) stages keeps the resolution (stride
             1, same weights) and those stages' spatial convs are dilated
@@ -189,6 +214,13 @@ class FalconNet(FusableBackbone):
             stages 1..k. Defaults to -1.
         norm_eval (bool): Keep BN layers in eval mode while training.
             Defaults to False.
+        conv_cfg (dict | None): mmcv config of every training conv, built
+            by ``build_conv_layer``; ``None`` for ``nn.Conv2d``. A conv that
+            fusion folds must run ``nn.Conv2d``'s own zero-padded forward
+            (e.g. a subclass with its own init), see
+            :func:`~mmfalcon.models.layers.conv_norm.build_foldable_conv`.
+            The fused (deploy) convs are plain ``nn.Conv2d`` whatever the
+            config. Defaults to None.
         norm_cfg (dict): Norm config; a batch norm (``BN``, ``SyncBN``),
             since fusion folds running statistics. Defaults to
             ``dict(type='BN')``.
@@ -196,6 +228,17 @@ class FalconNet(FusableBackbone):
             ``dict(type='ReLU')``.
         drop_path_rate (float): Stochastic depth rate, linear over blocks.
             Defaults to 0.
+        fold_batch_stats (bool): Train the Meta Light Blocks' RepSO and
+            RefCO with their branches folded into one conv by the batch's
+            statistics where that is exact (stride 1, plain ``BN``): the
+            same outputs, gradients and running statistics, faster. False
+            runs the branches one by one (for comparison). Other blocks
+            have no branches to fold. Defaults to True.
+        sfconv_impl (str): How the fused SF-Conv pairs (RefCO) run in
+            PyTorch: ``'matmul'`` (two batched matrix products, the faster
+            form on the CPUs measured) or ``'conv'`` (grouped 1x1 convs and
+            a channel shuffle); the same function and weights. ONNX export
+            picks its own form. Defaults to 'matmul'.
         deploy (bool): Build the fused (deploy) form directly.
             Defaults to False.
         pretrained (str | None): Deprecated mmseg-style checkpoint path,
@@ -215,9 +258,14 @@ class FalconNet(FusableBackbone):
     }
     arch_keys = ('depths', 'widths')
     num_stages = 4
+    # output index -> module; the stem, then the stages, in freezing order
+    output_names = tuple(f'stages.{i}' for i in range(num_stages)) + (
+        'head_conv', )
+    stage_names = ('stem', ) + output_names[:num_stages]
 
     def __init__(self,
                  arch: Union[str, dict] = 'base',
+                 in_channels: int = 3,
                  block: Union[str, dict] = 'MetaLightBlock',
                  stem_ratio: float = 0.5,
                  stem_shortcut: Optional[str] = 'after_act',
@@ -226,46 +274,43 @@ class FalconNet(FusableBackbone):
                  out_stride: int = 32,
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
+                 conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='ReLU'),
                  drop_path_rate: float = 0.,
+                 fold_batch_stats: bool = True,
+                 sfconv_impl: str = 'matmul',
                  deploy: bool = False,
                  pretrained=None,
                  init_cfg=None):
         super().__init__(default_init_cfg(init_cfg, pretrained))
         self.arch = self._parse_arch(arch)
         depths, widths = self.arch['depths'], self.arch['widths']
-        if isinstance(out_indices, int):
-            out_indices = (out_indices, )
-        bad = [i for i in out_indices if not 0 <= i <= self.num_stages]
-        if bad or len(out_indices) == 0:
-            raise ValueError(
-                f'out_indices {tuple(out_indices)} out of range: each index '
-                f'must be in 0..{self.num_stages} (0-3 the stages, '
-                f'{self.num_stages} the head conv).')
-        if not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f'frozen_stages={frozen_stages} out of range: '
-                             f'expected -1..{self.num_stages}.')
+        self._parse_indices(out_indices, frozen_stages, self.output_names,
+                            self.stage_names)
         if out_stride not in (32, 16, 8):
             raise ValueError(f'out_stride={out_stride!r}: expected 32, 16 '
                              'or 8.')
         check_batch_norm(norm_cfg, type(self).__name__)
-        # forward returns the outputs in network order
-        self.out_indices = tuple(sorted(set(out_indices)))
+        check_sfconv_impl(sfconv_impl)
         self.out_channels = tuple(
             head_channels if i == self.num_stages else widths[i]
             for i in self.out_indices)
         self.out_stride = out_stride
-        self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         block_type, block_kwargs = self._parse_block(block)
+        if block_type == 'MetaLightBlock':
+            block_kwargs.update(fold_batch_stats=fold_batch_stats,
+                                sfconv_impl=sfconv_impl)
+        common = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, deploy=deploy)
 
-        self.stem = LightNetStem(widths[0], int(widths[0] * stem_ratio),
-                                 stem_shortcut, norm_cfg, act_cfg, deploy)
+        self.stem = LightNetStem(in_channels, widths[0],
+                                 int(widths[0] * stem_ratio), stem_shortcut,
+                                 act_cfg=act_cfg, **common)
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         self.stages = nn.ModuleList()
-        in_channels, stride, dilation = widths[0], 4, 1
+        channels, stride, dilation = widths[0], 4, 1
         for i, (depth, width) in enumerate(zip(depths, widths)):
             layers = []
             if i > 0:  # subsampling: grouped 2x2 stride-2 conv + BN
@@ -273,11 +318,10 @@ class FalconNet(FusableBackbone):
                 # Past out_stride: stride 1, 'same' padding, dilated like
                 # the stage before it, so the weights stay interchangeable.
                 layers.append(
-                    ConvNorm(in_channels, width, 2, stride=2 if down else 1,
+                    ConvNorm(channels, width, 2, stride=2 if down else 1,
                              padding=0 if down else 'same',
                              dilation=dilation,
-                             groups=math.gcd(in_channels, width),
-                             norm_cfg=norm_cfg, deploy=deploy))
+                             groups=math.gcd(channels, width), **common))
                 if down:
                     stride *= 2
                 else:
@@ -285,13 +329,11 @@ class FalconNet(FusableBackbone):
             for _ in range(depth):
                 layers.append(LIGHTNET_BLOCKS[block_type](
                     width, dilation=dilation, drop_path=rates.pop(0),
-                    norm_cfg=norm_cfg, act_cfg=act_cfg, deploy=deploy,
-                    **block_kwargs))
+                    act_cfg=act_cfg, **common, **block_kwargs))
             self.stages.append(nn.Sequential(*layers))
-            in_channels = width
+            channels = width
         self.head_conv = ConvNorm(
-            in_channels, head_channels, 1, norm_cfg=norm_cfg,
-            act_cfg=act_cfg, deploy=deploy
+            channels, head_channels, 1, act_cfg=act_cfg, **common
         ) if self.num_stages in self.out_indices else None
         self._freeze_stages()
 
@@ -309,6 +351,11 @@ class FalconNet(FusableBackbone):
         if block_type not in LIGHTNET_BLOCKS:
             raise ValueError(f'Unknown block {block_type!r}; expected one '
                              f'of {sorted(LIGHTNET_BLOCKS)}.')
+        owned = sorted(set(block) & set(BLOCK_ARGS_SET_BY_FALCONNET))
+        if owned:
+            raise ValueError(
+                f'block={block_type!r} sets {owned}, which FalconNet passes '
+                'to every block itself: set them as FalconNet arguments.')
         return block_type, block
 
     def forward(self, x):
@@ -321,6 +368,3 @@ class FalconNet(FusableBackbone):
         if self.head_conv is not None:
             outs.append(self.head_conv(x))
         return tuple(outs)
-
-    def _stages(self):
-        return [self.stem, *self.stages]

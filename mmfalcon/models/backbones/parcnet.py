@@ -1,4 +1,4 @@
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -43,7 +43,8 @@ class ParCNet(FusableBackbone):
             Defaults to 's'.
         in_channels (int): Input image channels. Defaults to 3.
         out_indices (int | Sequence[int]): Outputs to return (see above;
-            negative indices count from the end). Defaults to (4, 5).
+            negative indices count from the end, -1 the head conv).
+            Defaults to (4, 5).
         frozen_stages (int): -1 freezes nothing, 0 the stem, k the stem and
             the first k layers (6 also the head conv). Defaults to -1.
         out_stride (int): 32, or 16 to remove the last layer's downsampling
@@ -58,6 +59,13 @@ class ParCNet(FusableBackbone):
             stage. Defaults to True.
         drop_rate (float): Dropout after each ParC block's FFN.
             Defaults to 0.1.
+        conv_cfg (dict | None): mmcv config of every training conv, built
+            by ``build_conv_layer``; ``None`` for ``nn.Conv2d``. A conv that
+            fusion folds must run ``nn.Conv2d``'s own zero-padded forward
+            (e.g. a subclass with its own init), see
+            :func:`~mmfalcon.models.layers.conv_norm.build_foldable_conv`.
+            The fused (deploy) convs are plain ``nn.Conv2d`` whatever the
+            config. Defaults to None.
         norm_cfg (dict): Norm config; a batch norm (``BN``, ``SyncBN``),
             since fusion folds running statistics. Defaults to
             ``dict(type='BN')``.
@@ -104,6 +112,7 @@ class ParCNet(FusableBackbone):
                  dilate_last: bool = False,
                  use_pe: bool = True,
                  drop_rate: float = 0.1,
+                 conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='SiLU', inplace=True),
                  norm_eval: bool = False,
@@ -125,17 +134,13 @@ class ParCNet(FusableBackbone):
                     len(self.arch['mv2_layers']) +
                     len(self.arch['parc_layers']))
             ] + ['conv_1x1_exp'])
-        num = len(self.layer_names)
-        self.out_indices = self._parse_out_indices(out_indices, num)
-        if not -1 <= frozen_stages < num:
-            raise ValueError(f'frozen_stages={frozen_stages!r} out of range: '
-                             f'expected -1..{num - 1}.')
-        self.frozen_stages = frozen_stages
+        self._parse_indices(out_indices, frozen_stages, self.layer_names,
+                            self.layer_names)
         self.out_stride = out_stride
         self.dilate_last = dilate_last
         self.norm_eval = norm_eval
 
-        common = dict(norm_cfg=norm_cfg, deploy=deploy)
+        common = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, deploy=deploy)
         channels = self.arch['stem_channels']
         self.stem = ConvNorm(in_channels, channels, 3, stride=2,
                              act_cfg=act_cfg, **common)
@@ -191,21 +196,6 @@ class ParCNet(FusableBackbone):
             raise ValueError(f"arch['fusion'] must be 'concat' or 'add', "
                              f"got {arch['fusion']!r}.")
 
-    def _parse_out_indices(self, out_indices, num):
-        if isinstance(out_indices, int):
-            out_indices = (out_indices, )
-        if len(out_indices) == 0:
-            raise ValueError('out_indices must not be empty.')
-        result = []
-        for index in out_indices:
-            if not -num <= index < num:
-                raise ValueError(
-                    f'out_indices contains {index!r}, out of range: valid '
-                    f'indices are 0..{num - 1} ({", ".join(self.layer_names)}'
-                    f') or -{num}..-1.')
-            result.append(index % num)
-        return tuple(sorted(set(result)))
-
     def forward(self, x):
         if not self.training and not torch.jit.is_tracing():
             # Inference runs channels_last: oneDNN convolves NHWC tensors
@@ -219,6 +209,3 @@ class ParCNet(FusableBackbone):
             if i in self.out_indices:
                 outs.append(x)
         return tuple(outs)
-
-    def _stages(self):
-        return [getattr(self, name) for name in self.layer_names]

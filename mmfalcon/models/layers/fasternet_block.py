@@ -1,5 +1,6 @@
 import torch
 import torch.nn as nn
+from mmcv.cnn import build_conv_layer
 from mmcv.cnn.bricks import DropPath
 
 from .conv_norm import ConvNorm
@@ -18,6 +19,10 @@ class FasterNetBlock(nn.Module):
             touches. Defaults to 4.
         dilation (int): Dilation of the partial conv. Defaults to 1.
         drop_path (float): Stochastic depth rate. Defaults to 0.
+        conv_cfg (dict | None): Config of every conv; the partial conv and
+            the projection, which no BN follows and fusion leaves alone,
+            are built by mmcv's ``build_conv_layer``, the expansion by
+            :class:`ConvNorm`. ``None`` for ``nn.Conv2d``. Defaults to None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to
             ``dict(type='ReLU')``.
@@ -25,17 +30,19 @@ class FasterNetBlock(nn.Module):
     """
 
     def __init__(self, channels, expand_ratio=2, partial_div=4, dilation=1,
-                 drop_path=0., norm_cfg=dict(type='BN'),
+                 drop_path=0., conv_cfg=None, norm_cfg=dict(type='BN'),
                  act_cfg=dict(type='ReLU'), deploy=False):
         super().__init__()
         self.partial = max(channels // partial_div, 1)
-        self.partial_conv = nn.Conv2d(self.partial, self.partial, 3,
-                                      padding=dilation, dilation=dilation,
-                                      bias=False)
+        self.partial_conv = build_conv_layer(
+            conv_cfg, self.partial, self.partial, 3, padding=dilation,
+            dilation=dilation, bias=False)
         hidden = int(round(channels * expand_ratio))
-        self.expand = ConvNorm(channels, hidden, 1, norm_cfg=norm_cfg,
-                               act_cfg=act_cfg, deploy=deploy)
-        self.project = nn.Conv2d(hidden, channels, 1, bias=False)
+        self.expand = ConvNorm(channels, hidden, 1, conv_cfg=conv_cfg,
+                               norm_cfg=norm_cfg, act_cfg=act_cfg,
+                               deploy=deploy)
+        self.project = build_conv_layer(conv_cfg, hidden, channels, 1,
+                                        bias=False)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else (
             nn.Identity())
 

@@ -17,6 +17,8 @@ class InvertedResidual(nn.Module):
         expand_ratio (float): Hidden width = ``round(in_channels *
             expand_ratio)``; 1 drops the expansion conv. Defaults to 4.
         dilation (int): Dilation of the depthwise conv. Defaults to 1.
+        conv_cfg (dict | None): Config of the convs (see :class:`ConvNorm`);
+            ``None`` for ``nn.Conv2d``. Defaults to None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to
             ``dict(type='ReLU6')``.
@@ -24,12 +26,12 @@ class InvertedResidual(nn.Module):
     """
 
     def __init__(self, in_channels, out_channels, stride=1, expand_ratio=4,
-                 dilation=1, norm_cfg=dict(type='BN'),
+                 dilation=1, conv_cfg=None, norm_cfg=dict(type='BN'),
                  act_cfg=dict(type='ReLU6'), deploy=False):
         super().__init__()
         hidden = int(round(in_channels * expand_ratio))
         self.use_residual = stride == 1 and in_channels == out_channels
-        common = dict(norm_cfg=norm_cfg, deploy=deploy)
+        common = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, deploy=deploy)
         self.expand = ConvNorm(in_channels, hidden, 1, act_cfg=act_cfg,
                                **common) if expand_ratio != 1 else None
         self.depthwise = ConvNorm(hidden, hidden, 3, stride=stride,

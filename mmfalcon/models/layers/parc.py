@@ -13,11 +13,12 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import (build_activation_layer, build_conv_layer,
+                      build_norm_layer)
 from mmengine.registry import MODELS
 
 from ..fusion import FusableLayer, bn_scale_shift, fold_conv_bn
-from .conv_norm import ConvNorm
+from .conv_norm import ConvNorm, build_foldable_conv
 
 # The channel attention gate is PyTorch's Hardsigmoid; mmcv's ``HSigmoid``
 # computes the same function but warns on every construction.
@@ -333,6 +334,10 @@ class PreNormConv(FusableLayer):
         groups (int): Conv groups. Defaults to 1.
         bias (bool): Conv bias. Defaults to False.
         post_norm (bool): Add a norm after the conv. Defaults to False.
+        conv_cfg (dict | None): Config of the training conv, built by
+            :func:`~.conv_norm.build_foldable_conv`; ``None`` for
+            ``nn.Conv2d``. The fused conv is always a plain ``nn.Conv2d``.
+            Defaults to None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict | None): Activation config. Defaults to None.
         deploy (bool): Build the fused form directly. Defaults to False.
@@ -341,6 +346,7 @@ class PreNormConv(FusableLayer):
 
     def __init__(self, in_channels: int, out_channels: int, groups: int = 1,
                  bias: bool = False, post_norm: bool = False,
+                 conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: Optional[dict] = None, deploy: bool = False):
         super().__init__()
@@ -351,7 +357,8 @@ class PreNormConv(FusableLayer):
             self.fused = self._make_fused()
         else:
             self.pre_norm = build_norm_layer(norm_cfg, in_channels)[1]
-            self.conv = nn.Conv2d(**self.conv_args, bias=bias)
+            self.conv = build_foldable_conv(conv_cfg, **self.conv_args,
+                                            bias=bias)
             self.norm = build_norm_layer(norm_cfg, out_channels)[1] \
                 if post_norm else None
         self.act = build_activation_layer(act_cfg) if act_cfg else None
@@ -384,6 +391,8 @@ class ChannelAttention(nn.Module):
     Args:
         channels (int): Channels C.
         reduction (int): Hidden width = C // reduction. Defaults to 16.
+        conv_cfg (dict | None): Config of the two 1x1 convs (see
+            :class:`ConvNorm`). Defaults to None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Hidden activation. Defaults to
             ``dict(type='HSwish', inplace=True)`` (PyTorch's Hardswish).
@@ -393,16 +402,18 @@ class ChannelAttention(nn.Module):
     """
 
     def __init__(self, channels: int, reduction: int = 16,
+                 conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='HSwish', inplace=True),
                  gate_cfg: dict = dict(type='Hardsigmoid', inplace=True),
                  deploy: bool = False):
         super().__init__()
         hidden = channels // reduction
-        self.squeeze = ConvNorm(channels, hidden, 1, norm_cfg=norm_cfg,
-                                act_cfg=act_cfg, deploy=deploy)
-        self.excite = ConvNorm(hidden, channels, 1, norm_cfg=norm_cfg,
-                               act_cfg=gate_cfg, deploy=deploy)
+        common = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, deploy=deploy)
+        self.squeeze = ConvNorm(channels, hidden, 1, act_cfg=act_cfg,
+                                **common)
+        self.excite = ConvNorm(hidden, channels, 1, act_cfg=gate_cfg,
+                               **common)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.excite(self.squeeze(x.mean((2, 3), keepdim=True)))
@@ -433,6 +444,11 @@ class ParCBlock(SizeCachedModule):
         ffn_drop_rate (float): Dropout inside the FFN. Defaults to 0.
         drop_rate (float): Dropout after the FFN. Defaults to 0.1.
         ca_reduction (int): Channel attention reduction. Defaults to 16.
+        conv_cfg (dict | None): Config of the FFN and channel attention
+            convs (the FFN's output conv, which fusion leaves alone, built
+            by mmcv's ``build_conv_layer``, the others as in
+            :class:`ConvNorm`); ``None`` for ``nn.Conv2d``. Defaults to
+            None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         ffn_act_cfg (dict): FFN / CA hidden activation. Defaults to
             ``dict(type='HSwish', inplace=True)``.
@@ -444,6 +460,7 @@ class ParCBlock(SizeCachedModule):
     def __init__(self, channels: int, ffn_channels: int, kernel_size: int,
                  use_pe: bool = False, ffn_drop_rate: float = 0.,
                  drop_rate: float = 0.1, ca_reduction: int = 16,
+                 conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN'),
                  ffn_act_cfg: dict = dict(type='HSwish', inplace=True),
                  gate_cfg: dict = dict(type='Hardsigmoid', inplace=True),
@@ -462,14 +479,15 @@ class ParCBlock(SizeCachedModule):
             ParC(half, direction='W', norm_cfg=norm_cfg, **common),
             ParC(half, direction='H', **common))
         self.ffn = nn.Sequential(
-            PreNormConv(channels, ffn_channels, bias=True, norm_cfg=norm_cfg,
-                        act_cfg=ffn_act_cfg, deploy=deploy),
+            PreNormConv(channels, ffn_channels, bias=True, conv_cfg=conv_cfg,
+                        norm_cfg=norm_cfg, act_cfg=ffn_act_cfg,
+                        deploy=deploy),
             nn.Dropout(ffn_drop_rate),
-            nn.Conv2d(ffn_channels, channels, 1),
+            build_conv_layer(conv_cfg, ffn_channels, channels, 1),
             nn.Dropout(drop_rate))
-        self.ca = ChannelAttention(channels, ca_reduction, norm_cfg=norm_cfg,
-                                   act_cfg=ffn_act_cfg, gate_cfg=gate_cfg,
-                                   deploy=deploy)
+        self.ca = ChannelAttention(channels, ca_reduction, conv_cfg=conv_cfg,
+                                   norm_cfg=norm_cfg, act_cfg=ffn_act_cfg,
+                                   gate_cfg=gate_cfg, deploy=deploy)
 
     def _merged_mixer(self, x: torch.Tensor) -> Optional[tuple]:
         """Row circulants R (C, H, H), column circulants C (C, W, W) and bias
@@ -553,6 +571,10 @@ class ParCOuterFrame(nn.Module):
         use_pe (bool): Position embeddings in the first block.
             Defaults to True.
         drop_rate (float): Dropout after each FFN. Defaults to 0.1.
+        conv_cfg (dict | None): Config of every conv (``proj``, which no
+            BN follows, built by mmcv's ``build_conv_layer``, the others as
+            in :class:`ConvNorm`); ``None`` for ``nn.Conv2d``. Defaults to
+            None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation of the conv layers. Defaults to
             ``dict(type='SiLU', inplace=True)``.
@@ -562,6 +584,7 @@ class ParCOuterFrame(nn.Module):
     def __init__(self, in_channels: int, channels: int, ffn_channels: int,
                  num_blocks: int, kernel_size: int, fusion: str = 'concat',
                  use_pe: bool = True, drop_rate: float = 0.1,
+                 conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='SiLU', inplace=True),
                  deploy: bool = False):
@@ -571,10 +594,11 @@ class ParCOuterFrame(nn.Module):
                 f"fusion must be 'concat' or 'add', got {fusion!r}")
         self.fusion_mode = fusion
         groups = math.gcd(channels, in_channels)
-        common = dict(norm_cfg=norm_cfg, deploy=deploy)
+        common = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, deploy=deploy)
         self.local_rep = ConvNorm(in_channels, channels, 3, groups=groups,
                                   act_cfg=act_cfg, **common)
-        self.proj = nn.Conv2d(channels, channels, 1, bias=False)
+        self.proj = build_conv_layer(conv_cfg, channels, channels, 1,
+                                     bias=False)
         self.blocks = nn.Sequential(*[
             ParCBlock(channels, ffn_channels, kernel_size,
                       use_pe=use_pe and i == 0, drop_rate=drop_rate,

@@ -7,6 +7,7 @@ from ..fusion import (FusableLayer, bn_scale_shift, fold_conv_bn,
                       identity_kernel, pad_kernel)
 from .batch_stats import (batch_scale_shift, folds_batch_stats,
                           patch_moments, statistics_precision)
+from .conv_norm import build_foldable_conv
 
 
 class RepSO(FusableLayer):
@@ -28,6 +29,10 @@ class RepSO(FusableLayer):
         dilation (int): Dilation, applied consistently to every branch so
             the fusion stays exact. Defaults to 1.
         num_3x3 (int): Number N of parallel 3x3 branches. Defaults to 3.
+        conv_cfg (dict | None): Config of the branch convs, built by
+            :func:`~.conv_norm.build_foldable_conv`; ``None`` for
+            ``nn.Conv2d``. The fused conv is always a plain ``nn.Conv2d``.
+            Defaults to None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         deploy (bool): Build the fused conv directly. Defaults to False.
         fold_batch_stats (bool): Train with the branches folded by batch
@@ -38,7 +43,7 @@ class RepSO(FusableLayer):
                      'bn3x1', 'conv1x1', 'bn1x1', 'identity')
 
     def __init__(self, channels, stride=1, dilation=1, num_3x3=3,
-                 norm_cfg=dict(type='BN'), deploy=False,
+                 conv_cfg=None, norm_cfg=dict(type='BN'), deploy=False,
                  fold_batch_stats=True):
         super().__init__()
         if num_3x3 < 1:
@@ -52,8 +57,9 @@ class RepSO(FusableLayer):
         d = dilation
 
         def dw_conv(out_mult, kernel, padding):
-            return nn.Conv2d(channels, channels * out_mult, kernel, stride,
-                             padding, dilation=d, groups=channels, bias=False)
+            return build_foldable_conv(
+                conv_cfg, channels, channels * out_mult, kernel, stride,
+                padding, dilation=d, groups=channels, bias=False)
 
         def norm(num):
             return build_norm_layer(norm_cfg, num)[1]

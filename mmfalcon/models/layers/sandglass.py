@@ -24,6 +24,8 @@ class SandglassBlock(nn.Module):
             are compared at one width ratio. Defaults to 4.
         dilation (int): Dilation of both depthwise convs. Defaults to 1.
         drop_path (float): Stochastic depth rate. Defaults to 0.
+        conv_cfg (dict | None): Config of the convs (see :class:`ConvNorm`);
+            ``None`` for ``nn.Conv2d``. Defaults to None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         act_cfg (dict): Activation config. Defaults to
             ``dict(type='ReLU6')`` (MobileNeXt's).
@@ -31,8 +33,8 @@ class SandglassBlock(nn.Module):
     """
 
     def __init__(self, channels, reduction_ratio=4, dilation=1, drop_path=0.,
-                 norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU6'),
-                 deploy=False):
+                 conv_cfg=None, norm_cfg=dict(type='BN'),
+                 act_cfg=dict(type='ReLU6'), deploy=False):
         super().__init__()
         hidden = int(round(channels / reduction_ratio))
         if hidden < 1:
@@ -40,7 +42,7 @@ class SandglassBlock(nn.Module):
                 f'reduction_ratio={reduction_ratio!r} leaves no bottleneck '
                 f'channel for {channels} channels; expected a ratio of at '
                 f'most {channels}.')
-        common = dict(norm_cfg=norm_cfg, deploy=deploy)
+        common = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, deploy=deploy)
         self.dw_in = ConvNorm(channels, channels, 3, dilation=dilation,
                               groups=channels, act_cfg=act_cfg, **common)
         self.reduce = ConvNorm(channels, hidden, 1, **common)

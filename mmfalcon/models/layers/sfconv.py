@@ -8,6 +8,17 @@ from mmcv.cnn import build_norm_layer
 from ..fusion import FusableLayer, fold_conv_bn
 from .batch_stats import (batch_scale_shift, folds_batch_stats,
                           statistics_precision)
+from .conv_norm import build_foldable_conv
+
+# How a fused SF-Conv pair runs in PyTorch (:class:`FactorizedPointwise`).
+SFCONV_IMPLS = ('matmul', 'conv')
+
+
+def check_sfconv_impl(impl):
+    """Refuse an ``impl`` that is not one of :data:`SFCONV_IMPLS`."""
+    if impl not in SFCONV_IMPLS:
+        raise ValueError(f'SF-Conv impl={impl!r}: expected one of '
+                         f'{SFCONV_IMPLS}.')
 
 
 def sfconv_params(in_channels: int, out_channels: int, window: int,
@@ -48,13 +59,25 @@ class FactorizedPointwise(nn.Module):
 
     Computed as two batched matrix products over a reshaped tensor, which
     needs no separate shuffle copy for the first product; on these CPUs it
-    beat grouped 1x1 convs + shuffle (see tools/analysis/benchmark.py,
-    ``--sfconv``). ``impl='conv'`` keeps the grouped-conv form to compare.
+    beat grouped 1x1 convs + shuffle (see tools/analysis/benchmark.py).
+    ``impl='conv'`` runs the grouped-conv form instead (the same function,
+    the same weights), which other hardware may run faster.
+
+    Args:
+        in_channels (int): Input channels C_in.
+        out_channels (int): Output channels C_out.
+        window (int): Window K (a feasible one, see
+            :func:`is_feasible_window`).
+        reduction (int): Channel reduction R of the first layer.
+        impl (str): ``'matmul'`` (two batched matrix products) or
+            ``'conv'`` (grouped 1x1 convs and a channel shuffle).
+            Defaults to 'matmul'.
     """
 
     def __init__(self, in_channels, out_channels, window, reduction,
                  impl='matmul'):
         super().__init__()
+        check_sfconv_impl(impl)
         self.groups = in_channels // window  # G windows of K channels
         self.positions = window // reduction  # K/R hidden positions
         self.window = window
@@ -111,18 +134,25 @@ class SFConv(FusableLayer):
             the fewest parameters. Defaults to None.
         num_branches (int): Parallel branches per layer (M, each with its
             own BN, summed); 1 for a plain SF-Conv. Defaults to 1.
+        conv_cfg (dict | None): Config of the two grouped 1x1 convs, built
+            by :func:`~.conv_norm.build_foldable_conv`; ``None`` for
+            ``nn.Conv2d``. The fused form is a :class:`FactorizedPointwise`
+            whatever the config. Defaults to None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         deploy (bool): Build the fused form directly. Defaults to False.
         fold_batch_stats (bool): Train with the branches folded by batch
             statistics where that is exact (plain BN); False always runs
             the branches. Defaults to True.
+        impl (str): How the fused form runs, one of :data:`SFCONV_IMPLS`
+            (see :class:`FactorizedPointwise`). Defaults to 'matmul'.
     """
     _branch_names = ('conv1', 'bn1', 'conv2', 'bn2')
 
     def __init__(self, in_channels, out_channels, reduction=2, window=None,
-                 num_branches=1, norm_cfg=dict(type='BN'), deploy=False,
-                 fold_batch_stats=True):
+                 num_branches=1, conv_cfg=None, norm_cfg=dict(type='BN'),
+                 deploy=False, fold_batch_stats=True, impl='matmul'):
         super().__init__()
+        check_sfconv_impl(impl)
         if window is None:
             window = best_window(in_channels, out_channels, reduction)
             if window is None:
@@ -143,6 +173,7 @@ class SFConv(FusableLayer):
         self.reduction, self.window = reduction, window
         self.num_branches = num_branches
         self.fold_batch_stats = fold_batch_stats
+        self.impl = impl
         self.groups = in_channels // window
         self.positions = window // reduction
         if deploy:
@@ -151,16 +182,17 @@ class SFConv(FusableLayer):
         hidden, m = in_channels // reduction, num_branches
         # M branches as one grouped conv with M outputs per group slot; a BN
         # over the M-fold channels equals M independent BNs.
-        self.conv1 = nn.Conv2d(in_channels, hidden * m, 1, groups=self.groups,
-                               bias=False)
+        self.conv1 = build_foldable_conv(conv_cfg, in_channels, hidden * m, 1,
+                                         groups=self.groups, bias=False)
         self.bn1 = build_norm_layer(norm_cfg, hidden * m)[1]
-        self.conv2 = nn.Conv2d(hidden, out_channels * m, 1,
-                               groups=self.positions, bias=False)
+        self.conv2 = build_foldable_conv(conv_cfg, hidden, out_channels * m,
+                                         1, groups=self.positions,
+                                         bias=False)
         self.bn2 = build_norm_layer(norm_cfg, out_channels * m)[1]
 
     def _make_fused(self):
         return FactorizedPointwise(self.in_channels, self.out_channels,
-                                   self.window, self.reduction)
+                                   self.window, self.reduction, self.impl)
 
     def _sum_branches(self, x, groups):
         """[n, groups*M*c, h, w] -> [n, groups*c, h, w] summing branches."""
@@ -250,13 +282,17 @@ class RefCO(SFConv):
         window (int | None): Window K, ``None`` for the best feasible one.
             Defaults to None.
         num_branches (int): Parallel branches M. Defaults to 3.
+        conv_cfg (dict | None): See :class:`SFConv`. Defaults to None.
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         deploy (bool): Build the fused form directly. Defaults to False.
         fold_batch_stats (bool): See :class:`SFConv`. Defaults to True.
+        impl (str): See :class:`SFConv`. Defaults to 'matmul'.
     """
 
     def __init__(self, in_channels, out_channels, reduction=2, window=None,
-                 num_branches=3, norm_cfg=dict(type='BN'), deploy=False,
-                 fold_batch_stats=True):
-        super().__init__(in_channels, out_channels, reduction, window,
-                         num_branches, norm_cfg, deploy, fold_batch_stats)
+                 num_branches=3, conv_cfg=None, norm_cfg=dict(type='BN'),
+                 deploy=False, fold_batch_stats=True, impl='matmul'):
+        super().__init__(in_channels, out_channels, reduction=reduction,
+                         window=window, num_branches=num_branches,
+                         conv_cfg=conv_cfg, norm_cfg=norm_cfg, deploy=deploy,
+                         fold_batch_stats=fold_batch_stats, impl=impl)
