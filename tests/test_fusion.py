@@ -1,13 +1,16 @@
 """fuse_model on a model it does not know: mmfalcon backbone, a foreign
-re-parameterizable layer and mmcv ConvModule heads."""
+re-parameterizable layer and mmcv ConvModule heads; and timm's walker on
+mmfalcon's backbones."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmfalcon import fuse_model
-from mmfalcon.models import FalconNet
+from mmfalcon import fuse_model, is_fused
+from mmfalcon.models import FalconNet, ParCNet
 
 
 class ForeignRepBlock(nn.Module):
@@ -123,3 +126,51 @@ def test_pre_norm_conv_module_is_left_unfolded(randomize_bn):
         fuse_model(module)
         assert torch.equal(module(x), before)
     assert bn_count(module) == 1
+
+
+def reparameterize_as_timm(module):
+    """timm's walker, ``timm.utils.model.reparameterize_model(module,
+    inplace=True)`` (timm itself cannot be imported here): parents before
+    their children, a child with a ``fuse`` attribute is replaced by what
+    ``fuse()`` returns, any other child has its ``reparameterize()``, else
+    its ``switch_to_deploy()``, called; the walk goes on inside the child
+    object it visited."""
+    for name, child in module.named_children():
+        if hasattr(child, 'fuse'):
+            setattr(module, name, child.fuse())
+        elif hasattr(child, 'reparameterize'):
+            child.reparameterize()
+        elif hasattr(child, 'switch_to_deploy'):
+            child.switch_to_deploy()
+        reparameterize_as_timm(child)
+    return module
+
+
+PARCNET_TINY = dict(stem_channels=8, mv2_layers=[[8, 1, 1], [16, 1, 2]],
+                    parc_layers=[[16, 16, 32, 1, 8], [24, 24, 48, 2, 4]],
+                    fusion='concat', head_channels=32)
+
+
+@pytest.mark.parametrize('build', [
+    lambda: FalconNet(arch='tiny', out_indices=(1, 2, 3)),
+    lambda: ParCNet(PARCNET_TINY, out_indices=(3, 4, 5), drop_rate=0.),
+], ids=['FalconNet', 'ParCNet'])
+def test_timm_walker_fuses_like_fuse_model(build, randomize_bn):
+    """Each mmfalcon layer's ``fuse()`` returns the layer itself, fused, so
+    timm's walker keeps the eval-mode function (float64) and ends with the
+    modules and weights that fuse_model gives: the same fused checkpoint."""
+    torch.manual_seed(0)
+    model = randomize_bn(build()).double().eval()
+    ours = copy.deepcopy(model)
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(x)
+        reparameterize_as_timm(model)
+        after = model(x)
+    assert is_fused(model)
+    for out, ref in zip(after, before, strict=True):
+        assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-9
+    fuse_model(ours)
+    walked, fused = model.state_dict(), ours.state_dict()
+    assert list(walked) == list(fused)
+    assert all(torch.equal(walked[key], fused[key]) for key in fused)

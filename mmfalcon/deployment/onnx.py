@@ -133,8 +133,9 @@ def export_module(module: nn.Module, shape: Sequence[int], path: str,
     module.eval()
     x = _example(shape)
     input_names = ['input']
-    # This first run at the export shape also bakes the ParC kernels for it
-    # (ParCFused.bake), which the tracer below records as constants.
+    # This first run, in eval mode at the export shape, also fills the fused
+    # ParC caches for it (the merged mixers' circulants and bias maps), which
+    # the tracer below records as constants.
     with torch.no_grad():
         count = len(_flatten(module(x)))
     if output_names is None:

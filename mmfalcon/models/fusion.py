@@ -75,10 +75,22 @@ class FusableLayer(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def fuse(self) -> None:
-        """Replace the training branches by the fused layer (idempotent)."""
+    def fuse(self) -> 'FusableLayer':
+        """Replace the training branches by the fused layer, in place
+        (idempotent).
+
+        Returns:
+            FusableLayer: ``self``, now fused. timm's walker
+            (``timm.utils.reparameterize_model``) puts what ``fuse()``
+            returns in the layer's place in its parent. Only the layer
+            itself, not its ``fused`` child, keeps the model's function
+            (a ConvNorm's or PreNormConv's activation runs after the fused
+            conv) and its checkpoint keys (the ``fused`` prefix tells fused
+            and unfused checkpoints apart), so a model walked by timm
+            equals one fused by :func:`fuse_model`.
+        """
         if self.is_fused:
-            return
+            return self
         ref = next(self.parameters())
         fused = self._make_fused().to(device=ref.device, dtype=ref.dtype)
         fused.load_state_dict(self._fused_state())
@@ -87,6 +99,7 @@ class FusableLayer(nn.Module):
             if hasattr(self, name):
                 delattr(self, name)
         self.fused = fused
+        return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         keys = [k for k in state_dict if k.startswith(prefix)]
@@ -139,12 +152,18 @@ def fuse_model(model: nn.Module) -> nn.Module:
     """Fuse ``model`` in place for inference; works on any model.
 
     Inner layers before the layers that contain them: mmfalcon layers fuse
-    themselves, layers of other libraries are asked to through their own
-    ``switch_to_deploy()`` / ``reparameterize()``, and every remaining
-    Conv+BN pair of an mmcv ``ConvModule`` (necks, heads) is folded by
-    mmcv's ``fuse_conv_bn``. Fusing folds BN running statistics, so the
-    result computes the eval-mode function. Knows no model by name, sets no
-    attribute on modules it does not own, and is idempotent.
+    themselves in place (:meth:`FusableLayer.fuse`), layers of other
+    libraries are asked to through their own ``switch_to_deploy()`` /
+    ``reparameterize()``, and every remaining Conv+BN pair of an mmcv
+    ``ConvModule`` (necks, heads) is folded by mmcv's ``fuse_conv_bn``.
+    Fusing folds BN running statistics, so the result computes the
+    eval-mode function. Knows no model by name, sets no attribute on
+    modules it does not own, and is idempotent. timm's
+    ``reparameterize_model`` fuses mmfalcon's layers the same way (it calls
+    their ``fuse()``), but leaves the ``ConvModule`` BNs unfolded.
+
+    Args:
+        model (nn.Module): Any model; fused in place.
 
     Returns:
         nn.Module: ``model``, for chaining.

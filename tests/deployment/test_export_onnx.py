@@ -122,3 +122,32 @@ def test_same_padding_export(kernel, dilation, pads, tmp_path):
         expected = conv(x)
     assert torch.allclose(OnnxRuntimeModule(path)(x)[0], expected,
                           atol=1e-5)
+
+
+def test_parcnet_export_records_cached_mixers(randomize_bn, tmp_path):
+    """export_module's first run at the export shape fills the fused ParC
+    caches, so the graph holds each merged token mixer as two MatMuls on
+    constant circulants, no Resize of a meta kernel; ONNX Runtime gives
+    PyTorch's outputs."""
+    onnx = pytest.importorskip('onnx')
+    from mmfalcon.models import ParCNet
+    from mmfalcon.models.layers.parc import ParCBlock
+    torch.manual_seed(0)
+    arch = dict(stem_channels=8, mv2_layers=[[8, 1, 1], [16, 1, 2]],
+                parc_layers=[[16, 16, 32, 1, 8], [24, 24, 48, 2, 4]],
+                fusion='concat', head_channels=32)
+    model = fuse_model(randomize_bn(
+        ParCNet(arch, out_indices=(3, 4, 5), drop_rate=0.))).eval()
+    path = str(tmp_path / 'parcnet.onnx')
+    export_module(model, SHAPE, path)
+    ops = [node.op_type for node in onnx.load(path).graph.node]
+    blocks = sum(isinstance(m, ParCBlock) for m in model.modules())
+    assert 'Resize' not in ops
+    assert ops.count('MatMul') == 2 * blocks
+    x = torch.randn(SHAPE)
+    with torch.no_grad():
+        expected = model(x)
+    for ours, theirs in zip(expected, OnnxRuntimeModule(path)(x),
+                            strict=True):
+        rel = (ours - theirs).abs().max() / ours.abs().max()
+        assert rel.item() < 1e-5

@@ -1,12 +1,16 @@
 """The inference form of ParC-Net: the merged token mixer of a fused
 ParCBlock and the channels_last layout of ParCNet in eval mode, each exact
 against the plain forms in float64."""
+import copy
+
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from mmfalcon.models import fuse_model
 from mmfalcon.models.backbones.parcnet import ParCNet
-from mmfalcon.models.layers.parc import FFT_MIN_LENGTH, ParCBlock
+from mmfalcon.models.layers.parc import (CACHED_SIZES, FFT_MIN_LENGTH, ParC,
+                                        ParCBlock)
 
 TINY = dict(stem_channels=8, mv2_layers=[[8, 1, 1], [16, 1, 2]],
             parc_layers=[[16, 16, 32, 1, 8], [24, 24, 48, 2, 4]],
@@ -62,23 +66,89 @@ def test_merged_mixer_only_where_it_is_faster(randomize_bn, monkeypatch):
     long_x = torch.randn(1, 8, FFT_MIN_LENGTH, 3, dtype=torch.float64)
     with torch.no_grad():
         block(x)
-        assert block._cache == {}
+        assert len(block._cache) == 0
         fuse_model(block)
         ref = _two_half_output(block, long_x, monkeypatch)
         assert _rel_err(block(long_x), ref) < 1e-9
-        assert block._cache == {}
+        assert len(block._cache) == 0
         block(x)
         assert list(block._cache) == [(6, 4)]
     block.train()
-    assert block._cache == {}
+    assert len(block._cache) == 0
     block(x)
-    assert block._cache == {}
+    assert len(block._cache) == 0
+
+
+def test_block_cache_keeps_the_most_recent_sizes(randomize_bn):
+    """Fed more sizes than CACHED_SIZES, a fused block keeps the
+    CACHED_SIZES most recently used (a size used again is kept over an
+    older one), its ParCs cache nothing, and every output stays exact."""
+    unfused = _random_block(randomize_bn, use_pe=True)
+    block = fuse_model(copy.deepcopy(unfused))
+    sizes = [(4 + i, 9 - i) for i in range(CACHED_SIZES + 1)]
+    # the oldest kept size once more, then a new one: the new one evicts
+    # the least recently used, not the oldest stored
+    order = sizes + [sizes[1], (3, 3)]
+    expected = sizes[2:] + [sizes[1], (3, 3)]
+    with torch.no_grad():
+        for step, size in enumerate(order):
+            x = torch.randn(2, 8, *size, dtype=torch.float64)
+            assert _rel_err(block(x), unfused(x)) < 1e-9, size
+            assert len(block._cache) == min(step + 1, CACHED_SIZES)
+    assert list(block._cache) == expected[-CACHED_SIZES:]
+    parcs = [*block.mixer_hw, *block.mixer_wh]
+    assert all(len(parc.fused._cache) == 0 for parc in parcs)
+
+
+@pytest.mark.parametrize('direction', ['H', 'W'])
+def test_fused_parc_cache_keeps_the_most_recent_lengths(direction,
+                                                        randomize_bn):
+    torch.manual_seed(0)
+    parc = randomize_bn(ParC(4, 5, direction, use_pe=True,
+                             norm_cfg=dict(type='BN'))).double().eval()
+    fused = fuse_model(copy.deepcopy(parc))
+    lengths = [3 + i for i in range(CACHED_SIZES + 2)] + [FFT_MIN_LENGTH]
+    with torch.no_grad():
+        for length in lengths:
+            shape = [1, 4, 3, 3]
+            shape[2 if direction == 'H' else 3] = length
+            x = torch.randn(shape, dtype=torch.float64)
+            assert _rel_err(fused(x), parc(x)) < 1e-9, length
+    assert list(fused.fused._cache) == lengths[-CACHED_SIZES:]
+
+
+def _input_shapes(fn, *args):
+    """The shapes of the tensors each op that ``fn(*args)`` runs takes."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as p:
+        fn(*args)
+    return [tuple(shape) for event in p.events()
+            for shape in event.input_shapes]
+
+
+def test_merged_mixer_makes_no_per_sample_copies(randomize_bn, monkeypatch):
+    """A batch of 3 runs the merged mixer without a tensor of one
+    circulant per sample ((3, C, H, H), (3 * C, H, H) and alike), with or
+    without autograd; the gradient to the input is the two-half form's."""
+    block = fuse_model(_random_block(randomize_bn, use_pe=True))
+    batch, height, width = 3, 6, 10
+    x = torch.randn(batch, 8, height, width, dtype=torch.float64)
+    per_sample = {shape for n in (height, width)
+                  for shape in ((batch, 8, n, n), (batch * 8, n, n))}
+    with torch.no_grad():
+        block(x)  # builds the cache entry
+        assert not per_sample & set(_input_shapes(block, x))
+    x.requires_grad_()
+    assert not per_sample & set(_input_shapes(block, x))
+    grad, = torch.autograd.grad(block(x).square().sum(), x)
+    two_half = _two_half_output(block, x, monkeypatch)
+    grad_two_half, = torch.autograd.grad(two_half.square().sum(), x)
+    assert _rel_err(grad, grad_two_half) < 1e-9
 
 
 def test_merged_mixer_trace_records_constants(randomize_bn):
     """Export: after a run at the export size, a tracer records the merged
-    mixer (two MatMuls per block) with R, C, b as constants; unbaked, it
-    records the two-half form with its resize ops."""
+    mixer (two MatMuls per block) with R, C, b as constants; with no cache
+    entry, it records the two-half form with its resize ops."""
     block = fuse_model(_random_block(randomize_bn, use_pe=True)).float()
     x = torch.randn(1, 8, 6, 10)
     with torch.no_grad():
@@ -93,7 +163,7 @@ def test_merged_mixer_trace_records_constants(randomize_bn):
             if hasattr(module, '_cache'):
                 module._cache.clear()
         traced = torch.jit.trace(block, x, check_trace=False)
-        assert block._cache == {}
+        assert len(block._cache) == 0
         assert 'upsample_bilinear2d' in str(traced.inlined_graph)
         assert _rel_err(traced(x), ref) < 1e-6
 

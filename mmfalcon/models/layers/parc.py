@@ -8,22 +8,17 @@ whole stage into convolutions with biases and cached bias maps.
 """
 import math
 import warnings
-from typing import Optional, Tuple
+from collections import OrderedDict
+from typing import Hashable, Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import (build_activation_layer, build_conv_layer,
                       build_norm_layer)
-from mmengine.registry import MODELS
 
 from ..fusion import FusableLayer, bn_scale_shift, fold_conv_bn
 from .conv_norm import ConvNorm, build_foldable_conv
-
-# The channel attention gate is PyTorch's Hardsigmoid; mmcv's ``HSigmoid``
-# computes the same function but warns on every construction.
-if 'Hardsigmoid' not in MODELS.module_dict:
-    MODELS.register_module(module=nn.Hardsigmoid, name='Hardsigmoid')
 
 _DIMS = {'H': 2, 'W': 3}
 
@@ -122,28 +117,72 @@ def _static_size(size) -> int:
         return int(size)
 
 
+# Input sizes a fused ParC layer keeps its derived tensors for. A
+# fixed-shape pipeline (SSDLite at 320x320, an export, mmseg's sliding
+# window) needs one; under mmdet's keep-ratio testing nearly every image
+# pads to a new size, and the entries of one size hold 110-150 MiB in
+# fused ParC-Net-S at 1333x800 (800x1216: 129 MiB), so more entries only
+# hold memory. A few keep alternating shapes (multi-scale test-time
+# augmentation) from being rebuilt on every call.
+CACHED_SIZES = 4
+
+
+class SizeCache:
+    """The tensors derived for the :data:`CACHED_SIZES` most recently used
+    input sizes; storing one more evicts the least recently used."""
+
+    def __init__(self):
+        self._entries = OrderedDict()
+
+    def get(self, size: Hashable) -> Optional[tuple]:
+        """The entry of ``size`` (now the most recently used), or None."""
+        entry = self._entries.get(size)
+        if entry is not None:
+            self._entries.move_to_end(size)
+        return entry
+
+    def put(self, size: Hashable, entry: tuple) -> tuple:
+        """Store ``entry`` for ``size`` as the most recently used and
+        return it."""
+        self._entries[size] = entry
+        self._entries.move_to_end(size)
+        if len(self._entries) > CACHED_SIZES:
+            self._entries.popitem(last=False)
+        return entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        """The cached sizes, least recently used first."""
+        return iter(self._entries)
+
+
 class SizeCachedModule(nn.Module):
     """A module that caches tensors derived from its parameters per input
-    size in ``self._cache``, emptied whenever they may go stale: on
-    ``train()`` (parameters may change while training), on device / dtype
-    moves and on loading a state dict."""
+    size in ``self._cache``, a :class:`SizeCache`, emptied whenever they may
+    go stale: on ``train()`` (parameters may change while training), on
+    device / dtype moves and on loading a state dict."""
 
     def __init__(self):
         super().__init__()
-        self._cache = {}
+        self._cache = SizeCache()
 
     def train(self, mode: bool = True):
         if mode:
-            self._cache = {}
+            self._cache.clear()
         return super().train(mode)
 
     def _apply(self, *args, **kwargs):
         # .to() / .half() / .cuda() make cached tensors stale.
-        self._cache = {}
+        self._cache.clear()
         return super()._apply(*args, **kwargs)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._cache = {}
+        self._cache.clear()
         super()._load_from_state_dict(*args, **kwargs)
 
 
@@ -151,16 +190,17 @@ class ParCFused(SizeCachedModule):
     """Deploy form of :class:`ParC` (this project's): BN-folded kernel +
     bias map.
 
-    The kernel is resized once per feature length and cached with its bias
-    map, as the circulant matrix of the length (:func:`circulant`), or its
-    spectrum from :data:`FFT_MIN_LENGTH` on: the faster exact form of each
-    length. A new input size gets its own cache entry. To export for a
-    fixed input shape, run the model once at that shape first
-    (:meth:`bake`): a tracer (``torch.jit.trace``, ONNX export) then records
-    the cached matrices as constants. Traced without a cache entry, the
-    resize is recorded as ops on the parameters and nothing is cached.
-    Tracers and training always get the matrix (ONNX has no FFT op that
-    torch's exporter writes).
+    In eval mode the kernel is resized once per feature length and cached
+    with its bias map, as the circulant matrix of the length
+    (:func:`circulant`), or its spectrum from :data:`FFT_MIN_LENGTH` on:
+    the faster exact form of each length. The cache keeps the
+    :data:`CACHED_SIZES` most recently used lengths. To export for a fixed
+    input shape, run the model once at that shape first, in eval mode (as
+    :func:`mmfalcon.deployment.export_module` does): a tracer
+    (``torch.jit.trace``, ONNX export) then records the cached matrices as
+    constants. Traced without a cache entry, the resize is recorded as ops
+    on the parameters and nothing is cached. Tracers and training always
+    get the matrix (ONNX has no FFT op that torch's exporter writes).
 
     Args:
         channels (int): Channels C.
@@ -202,36 +242,38 @@ class ParCFused(SizeCachedModule):
             return torch.fft.rfft(kernel.flatten(1), dim=1).conj(), bias
         return circulant(kernel, self.dim), bias
 
-    @torch.no_grad()
-    def bake(self, length: int) -> None:
-        """Cache the operand and bias map for a feature of ``length``."""
-        self._cache[length] = self.instance(length)
-
     def _traced_instance(self, length):
-        """Under a tracer: the baked entry, recorded as a constant, else the
-        resize as ops on the parameters (an entry made while tracing would
-        hold traced values, so none is made)."""
+        """Under a tracer: the cached matrix entry of an eval run at this
+        length, recorded as a constant, else the resize as ops on the
+        parameters (an entry made while tracing would hold traced values,
+        so none is made)."""
         entry = self._cache.get(_static_size(length))
         if entry is None or entry[0].is_complex():
             return self.instance(length)
         return entry
+
+    def apply_instance(self, x: torch.Tensor, operand: torch.Tensor,
+                       bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The layer's output for ``x`` from its :meth:`instance` at
+        ``x``'s length, ``operand`` and ``bias``."""
+        out = apply_circular(x, operand, self.dim)
+        return out if bias is None else out + bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         length = x.shape[self.dim]
         if self.training or _is_compiling():
             # Training stays differentiable; compilers / torch.export must
             # see the ops on the parameters, not a cache of fake tensors.
-            operand, bias = self.instance(length)
+            entry = self.instance(length)
         elif torch.jit.is_tracing():
-            operand, bias = self._traced_instance(length)
+            entry = self._traced_instance(length)
         else:
-            if length not in self._cache:
+            entry = self._cache.get(length)
+            if entry is None:
                 with torch.no_grad():
-                    self._cache[length] = self.instance(
-                        length, spectrum=length >= FFT_MIN_LENGTH)
-            operand, bias = self._cache[length]
-        out = apply_circular(x, operand, self.dim)
-        return out if bias is None else out + bias
+                    entry = self._cache.put(length, self.instance(
+                        length, spectrum=length >= FFT_MIN_LENGTH))
+        return self.apply_instance(x, *entry)
 
 
 class ParC(FusableLayer):
@@ -397,7 +439,10 @@ class ChannelAttention(nn.Module):
         act_cfg (dict): Hidden activation. Defaults to
             ``dict(type='HSwish', inplace=True)`` (PyTorch's Hardswish).
         gate_cfg (dict): Gate activation. Defaults to
-            ``dict(type='Hardsigmoid', inplace=True)``.
+            ``dict(type=nn.Hardsigmoid, inplace=True)``: PyTorch's
+            Hardsigmoid, named by its class since no registry holds it
+            (mmcv's ``HSigmoid`` computes the same function but warns on
+            every construction).
         deploy (bool): Build fused convs directly. Defaults to False.
     """
 
@@ -405,7 +450,7 @@ class ChannelAttention(nn.Module):
                  conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='HSwish', inplace=True),
-                 gate_cfg: dict = dict(type='Hardsigmoid', inplace=True),
+                 gate_cfg: dict = dict(type=nn.Hardsigmoid, inplace=True),
                  deploy: bool = False):
         super().__init__()
         hidden = channels // reduction
@@ -431,9 +476,9 @@ class ParCBlock(SizeCachedModule):
     one affine map ``x + R @ x @ C + b``, R and C circulant (the ParC-H and
     ParC-W kernels) and b the mixer's output for a zero input. All channels
     then take two batched matmuls and one add instead of a split, four
-    products, up to six adds and a concat. R, C and b are cached per
-    feature size (a tracer records them as constants, as for
-    :class:`ParCFused`).
+    products, up to six adds and a concat. R, C and b are cached for the
+    :data:`CACHED_SIZES` most recently used feature sizes (a tracer records
+    them as constants, as for :class:`ParCFused`).
 
     Args:
         channels (int): Block width Cs (split into two halves).
@@ -453,7 +498,8 @@ class ParCBlock(SizeCachedModule):
         ffn_act_cfg (dict): FFN / CA hidden activation. Defaults to
             ``dict(type='HSwish', inplace=True)``.
         gate_cfg (dict): CA gate. Defaults to
-            ``dict(type='Hardsigmoid', inplace=True)``.
+            ``dict(type=nn.Hardsigmoid, inplace=True)`` (see
+            :class:`ChannelAttention`).
         deploy (bool): Build fused layers directly. Defaults to False.
     """
 
@@ -463,7 +509,7 @@ class ParCBlock(SizeCachedModule):
                  conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN'),
                  ffn_act_cfg: dict = dict(type='HSwish', inplace=True),
-                 gate_cfg: dict = dict(type='Hardsigmoid', inplace=True),
+                 gate_cfg: dict = dict(type=nn.Hardsigmoid, inplace=True),
                  deploy: bool = False):
         super().__init__()
         if channels % 2:
@@ -501,26 +547,29 @@ class ParCBlock(SizeCachedModule):
                 parc.is_fused for parc in parcs):
             return None
         size = tuple(_static_size(n) for n in x.shape[2:])
-        if torch.jit.is_tracing() or size in self._cache:
-            return self._cache.get(size)
-        if max(size) >= FFT_MIN_LENGTH:
-            return None
+        entry = self._cache.get(size)
+        if entry is not None or torch.jit.is_tracing() or (
+                max(size) >= FFT_MIN_LENGTH):
+            return entry
         with torch.no_grad():
-            height, width = size
-            rows = torch.cat([
-                parc.fused.instance(height)[0] for parc in parcs
-                if parc.direction == 'H'
-            ])
-            cols = torch.cat([
-                parc.fused.instance(width)[0] for parc in parcs
-                if parc.direction == 'W'
-            ])
-            # each mixer is affine: its value at zero is its bias map
-            zeros = x.new_zeros(1, self.channels // 2, height, width)
-            bias = torch.cat([self.mixer_hw(zeros), self.mixer_wh(zeros)],
-                             dim=1)
-        self._cache[size] = rows, cols, bias
-        return self._cache[size]
+            return self._cache.put(size, self._merge(*size, like=x))
+
+    def _merge(self, height: int, width: int, like: torch.Tensor) -> tuple:
+        """R, C and b of the merged mixer for a ``height`` x ``width`` map
+        (dtype and device of ``like``), from each fused ParC's instance at
+        its length, made once here: the ParCs' own caches stay empty, as
+        nothing reads them while the merged form runs."""
+        lengths = dict(H=height, W=width)
+        rows, cols, biases = [], [], []
+        for mixer in (self.mixer_hw, self.mixer_wh):
+            # the mixer is affine: its value at zero is its bias map
+            out = like.new_zeros(1, self.channels // 2, height, width)
+            for parc in mixer:
+                operand, bias = parc.fused.instance(lengths[parc.direction])
+                (rows if parc.direction == 'H' else cols).append(operand)
+                out = parc.fused.apply_instance(out, operand, bias)
+            biases.append(out)
+        return torch.cat(rows), torch.cat(cols), torch.cat(biases, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The circulant products run on contiguous (NCHW) channel maps; a
@@ -540,11 +589,12 @@ class ParCBlock(SizeCachedModule):
             z = x + rows @ x @ cols + bias
         else:
             rows, cols, bias = merged
-            batch, channels, height, width = x.shape
-            flat = x.view(batch * channels, height, width)
-            if batch > 1:
-                rows, cols = rows.repeat(batch, 1, 1), cols.repeat(batch, 1, 1)
-            z = torch.baddbmm(flat, torch.bmm(rows, flat), cols).view_as(x)
+            # Sample by sample: a product broadcast over the batch would
+            # copy the circulants once per sample. In place on a copy of x,
+            # indexed (in-place ops on unbound views break autograd).
+            z = x.clone()
+            for i in range(x.shape[0]):
+                z[i].baddbmm_(torch.bmm(rows, x[i]), cols)
             z = z.add_(bias)
         z = z.contiguous(memory_format=memory_format)
         return z + self.ca(self.ffn(z))
