@@ -155,10 +155,20 @@ def test_switch_to_deploy_idempotent():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
-def test_fused_checkpoint_into_unfused_model_is_refused():
+def test_fused_checkpoint_into_an_unfused_model():
     fused = FalconNet(arch='tiny', deploy=True)
-    with pytest.raises(RuntimeError, match='fused .deploy. form.*stem.conv'):
-        FalconNet(arch='tiny').load_state_dict(fused.state_dict())
+    # a backbone takes the form of a fused checkpoint
+    model = FalconNet(arch='tiny')
+    model.load_state_dict(fused.state_dict())
+    assert model.deploy
+    # a layer loaded on its own cannot: it names the way
+    prefix = 'stem.conv.'
+    layer_state = {key[len(prefix):]: value
+                   for key, value in fused.state_dict().items()
+                   if key.startswith(prefix)}
+    with pytest.raises(RuntimeError, match='fused .deploy. form'):
+        FalconNet(arch='tiny').stem.conv.load_state_dict(layer_state)
+    # and a fused model has no branches to take a training checkpoint
     with pytest.raises(RuntimeError, match='unfused .training. form'):
         fused.load_state_dict(FalconNet(arch='tiny').state_dict())
 
