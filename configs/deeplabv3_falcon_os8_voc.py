@@ -4,6 +4,6 @@
 # rates 12/24/36), as for its dilated MobileNetV2: 4-5x the FLOPs of the
 # light deeplabv3_falcon_voc.py.
 _base_ = [
-    '../_base_/models/deeplabv3_falcon.py', '../_base_/datasets/voc12_aug.py',
-    '../_base_/schedules/seg_sgd_poly_20k.py', '../_base_/seg_runtime.py'
+    './_base_/models/deeplabv3_falcon.py', './_base_/datasets/voc12_aug.py',
+    './_base_/schedules/seg_sgd_poly_20k.py', './_base_/seg_runtime.py'
 ]

@@ -3,7 +3,7 @@
 # MobileViT papers: output stride 16, ASPP 256 channels with rates 6/12/18,
 # AdamW, head lr x10), so the two backbones compare on one head and
 # schedule. mmseg's heavier recipe (os 8, ASPP 512): deeplabv3_falcon_os8_voc.py.
-_base_ = '../parcnet/deeplabv3_parcnet_voc.py'
+_base_ = './deeplabv3_parcnet_voc.py'
 model = dict(
     backbone=dict(
         _delete_=True,

@@ -6,8 +6,8 @@
 # images), random resize + 512 crop + flip. Not taken: the official extra
 # COCO training data and mixed precision.
 _base_ = [
-    '../_base_/models/deeplabv3_falcon.py', '../_base_/datasets/voc12_aug.py',
-    '../_base_/seg_runtime.py'
+    './_base_/models/deeplabv3_falcon.py', './_base_/datasets/voc12_aug.py',
+    './_base_/seg_runtime.py'
 ]
 max_iters = 16500
 model = dict(

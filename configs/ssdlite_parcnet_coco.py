@@ -8,8 +8,8 @@
 # model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...) with a
 # checkpoint from tools/model_converters/parcnet_official.py.
 _base_ = [
-    '../_base_/models/ssdlite_falcon.py', '../_base_/datasets/coco_ssdlite.py',
-    '../_base_/schedules/adamw_cosine_200e.py', '../_base_/det_runtime.py'
+    './_base_/models/ssdlite_falcon.py', './_base_/datasets/coco_ssdlite.py',
+    './_base_/schedules/adamw_cosine_200e.py', './_base_/det_runtime.py'
 ]
 channels = (128, 160, 512, 256, 256, 128)
 model = dict(

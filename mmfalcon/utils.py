@@ -6,9 +6,14 @@ MIM_DIR = osp.join(osp.dirname(osp.abspath(__file__)), '.mim')
 
 def config_file(name: str) -> str:
     """The path of config ``name`` shipped with mmfalcon, e.g.
-    ``config_file('falconnet/ssdlite_falcon_coco.py')``; works for a wheel
+    ``config_file('ssdlite_falcon_coco.py')`` or
+    ``config_file('demo/ssdlite_falcon_shapes.py')``; works for a wheel
     install (configs copied under ``mmfalcon/.mim``) and an editable one
     (linked there).
+
+    Args:
+        name (str): The config's path relative to the repository's
+            ``configs/`` folder.
 
     Raises:
         FileNotFoundError: when no shipped config has that name.
@@ -19,5 +24,5 @@ def config_file(name: str) -> str:
             f'mmfalcon ships no config {name!r} (looked in '
             f'{osp.join(MIM_DIR, "configs")}); names are relative to the '
             "repository's configs/ folder, e.g. "
-            "'falconnet/ssdlite_falcon_coco.py'.")
+            "'ssdlite_falcon_coco.py'.")
     return path

@@ -1,6 +1,9 @@
 """model-index.yml and the metafiles: every entry names a real config, and
 results are only claimed for the configs trained here (the demos)."""
+import glob
+import os
 import os.path as osp
+import re
 
 import yaml
 
@@ -33,3 +36,37 @@ def test_model_index_lists_real_configs(repo_root):
                 assert 'generated' in result['Dataset']
                 assert all(isinstance(v, float)
                            for v in result['Metrics'].values())
+
+
+def _metafile_configs(repo_root):
+    with open(osp.join(repo_root, 'model-index.yml')) as f:
+        index = yaml.safe_load(f)
+    configs = []
+    for metafile in index['Import']:
+        with open(osp.join(repo_root, metafile)) as f:
+            configs += [m['Config'] for m in yaml.safe_load(f)['Models']]
+    return configs
+
+
+def test_every_runnable_config_is_in_a_metafile(repo_root):
+    """Flat layout: the runnable configs are configs/<name>.py (and the
+    demos); each is listed once, under its real path."""
+    runnable = sorted(
+        osp.relpath(path, repo_root)
+        for pattern in ('configs/*.py', 'configs/demo/*.py')
+        for path in glob.glob(osp.join(repo_root, pattern)))
+    assert 'configs/ssdlite_falcon_coco.py' in runnable
+    assert sorted(_metafile_configs(repo_root)) == runnable
+
+
+def test_family_folders_hold_only_their_readme_and_metafile(repo_root):
+    with open(osp.join(repo_root, 'model-index.yml')) as f:
+        metafiles = yaml.safe_load(f)['Import']
+    for metafile in metafiles:
+        family = osp.dirname(osp.join(repo_root, metafile))
+        assert sorted(os.listdir(family)) == ['README.md', 'metafile.yml']
+        with open(osp.join(family, 'README.md')) as f:
+            links = re.findall(r'\]\((\.[^)]+\.py)\)', f.read())
+        assert links, family
+        for link in links:
+            assert osp.isfile(osp.join(family, link)), (family, link)

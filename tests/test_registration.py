@@ -143,7 +143,7 @@ def test_config_builds_ssdlite_detector(config_path):
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
     register_all_modules()
-    cfg = Config.fromfile(config_path('falconnet/ssdlite_falcon_coco.py'))
+    cfg = Config.fromfile(config_path('ssdlite_falcon_coco.py'))
     assert 'custom_imports' not in cfg
     model = MODELS.build(cfg.model)
     assert type(model.backbone).__name__ == 'FalconNet'

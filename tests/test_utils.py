@@ -5,9 +5,10 @@ import pytest
 from mmfalcon.utils import config_file
 
 
-def test_config_file_finds_shipped_config(config_path):
-    path = config_file('demo/ssdlite_falcon_shapes.py')
-    assert osp.samefile(path, config_path('demo/ssdlite_falcon_shapes.py'))
+@pytest.mark.parametrize('name', ['ssdlite_falcon_coco.py',
+                                  'demo/ssdlite_falcon_shapes.py'])
+def test_config_file_finds_shipped_config(config_path, name):
+    assert osp.samefile(config_file(name), config_path(name))
 
 
 def test_config_file_names_the_missing_config():

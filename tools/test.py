@@ -8,8 +8,8 @@ import argparse
 from mmengine.logging import print_log
 
 from mmfalcon.engine.cli import (add_common_args, build_runner,
-                                 check_datasets, load_config, require_file,
-                                 run)
+                                 check_data_paths, check_datasets,
+                                 load_config, require_file, run)
 
 
 def parse_args():
@@ -55,8 +55,9 @@ def main():
         evaluators = cfg.test_evaluator
         cfg.test_evaluator = (list(evaluators) if isinstance(
             evaluators, (list, tuple)) else [evaluators]) + [dump]
+    check_data_paths(cfg, ('test', ))
     runner = build_runner(cfg)
-    check_datasets(cfg, ('test', ))
+    check_datasets(runner, ('test', ))
     runner.test()
 
 

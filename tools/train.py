@@ -3,8 +3,8 @@ import argparse
 
 from mmfalcon.engine.checkpoint import check_trainable, find_resume_checkpoint
 from mmfalcon.engine.cli import (add_common_args, build_runner,
-                                 check_datasets, enable_amp, load_config,
-                                 require_file, run)
+                                 check_data_paths, check_datasets,
+                                 enable_amp, load_config, require_file, run)
 
 
 def parse_args():
@@ -42,12 +42,13 @@ def main():
     elif args.resume is not None:
         require_file(args.resume, '--resume')
         cfg.resume, cfg.load_from = True, args.resume
+    splits = ('train', 'val') if cfg.get('val_cfg') else ('train', )
+    check_data_paths(cfg, splits)
     runner = build_runner(cfg)
     if cfg.get('load_from'):
         check_trainable(cfg.load_from, resume=cfg.get('resume', False),
                         model=runner.model)
-    check_datasets(cfg, ('train', 'val') if cfg.get('val_cfg') else
-                   ('train', ))
+    check_datasets(runner, splits)
     runner.train()
 
 

@@ -2,7 +2,7 @@
 # generated VOC-layout shapes set (tools/misc/make_shapes_dataset.py
 # --format voc) in a few CPU minutes. Inherits the VOC config and changes
 # only data, model size and schedule.
-_base_ = '../falconnet/deeplabv3_falcon_voc.py'
+_base_ = '../deeplabv3_falcon_voc.py'
 
 data_root = 'data/shapes_voc'
 metainfo = dict(

@@ -1,7 +1,7 @@
 # The embedded demo: SSDLite-FalconNet trained on the generated shapes set
 # (tools/misc/make_shapes_dataset.py) in a few CPU minutes. Inherits the
 # COCO config and changes only data, model size and schedule.
-_base_ = '../falconnet/ssdlite_falcon_coco.py'
+_base_ = '../ssdlite_falcon_coco.py'
 
 data_root = 'data/shapes_coco/'
 metainfo = dict(

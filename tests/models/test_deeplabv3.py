@@ -16,9 +16,9 @@ def build_segmentor(config, **model_overrides):
 
 
 @pytest.mark.parametrize('config,dtype', [
-    ('falconnet/deeplabv3_falcon_voc.py', torch.float64),
-    ('falconnet/deeplabv3_falcon_os8_voc.py', torch.float64),
-    ('parcnet/deeplabv3_parcnet_voc.py', torch.float32),
+    ('deeplabv3_falcon_voc.py', torch.float64),
+    ('deeplabv3_falcon_os8_voc.py', torch.float64),
+    ('deeplabv3_parcnet_voc.py', torch.float32),
     ('demo/deeplabv3_falcon_shapes.py', torch.float32),
 ])
 def test_deeplabv3_fused_equals_unfused(config, dtype, randomize_bn,
@@ -39,9 +39,9 @@ def test_deeplabv3_fused_equals_unfused(config, dtype, randomize_bn,
                                atol=tol * before.abs().max().item())
 
 
-@pytest.mark.parametrize('config', ['falconnet/deeplabv3_falcon_voc.py',
-                                    'falconnet/deeplabv3_falcon_os8_voc.py',
-                                    'parcnet/deeplabv3_parcnet_voc.py'])
+@pytest.mark.parametrize('config', ['deeplabv3_falcon_voc.py',
+                                    'deeplabv3_falcon_os8_voc.py',
+                                    'deeplabv3_parcnet_voc.py'])
 def test_mmseg_model_level_pretrained_reaches_backbone(config, config_path):
     model = build_segmentor(config_path(config),
                             pretrained='ckpt/backbone.pth')
@@ -53,7 +53,7 @@ def test_missing_voc_root_is_named(tmp_path, config_path):
     from mmseg.registry import DATASETS
     from mmseg.utils import register_all_modules
     register_all_modules()
-    cfg = Config.fromfile(config_path('falconnet/deeplabv3_falcon_voc.py'))
+    cfg = Config.fromfile(config_path('deeplabv3_falcon_voc.py'))
     dataset = cfg.train_dataloader.dataset.datasets[1]  # the SBD aug part
     (tmp_path / 'VOC2012' / 'ImageSets' / 'Segmentation').mkdir(parents=True)
     (tmp_path / 'VOC2012' / 'ImageSets' / 'Segmentation' / 'aug.txt').touch()

@@ -14,10 +14,10 @@ def build_detector(config):
 
 
 @pytest.mark.parametrize('config,size,dtype', [
-    ('falconnet/ssdlite_falcon_coco.py', (160, 224), torch.float64),
+    ('ssdlite_falcon_coco.py', (160, 224), torch.float64),
     ('demo/ssdlite_falcon_shapes.py', (333, 517), torch.float32),
-    ('parcnet/ssdlite_parcnet_coco.py', (320, 320), torch.float32),
-    ('parcnet/ssdlite_parcnet_coco.py', (333, 517), torch.float32),
+    ('ssdlite_parcnet_coco.py', (320, 320), torch.float32),
+    ('ssdlite_parcnet_coco.py', (333, 517), torch.float32),
 ])
 def test_ssdlite_fused_equals_unfused(config, size, dtype, randomize_bn,
                                       config_path):

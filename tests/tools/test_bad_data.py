@@ -1,17 +1,22 @@
 """Bad input ends in one clear message naming what is wrong, not in a
-traceback from deep inside mmengine or mmdet."""
+traceback from deep inside mmengine or mmdet; the checks reuse the datasets
+the runner builds."""
+import collections
 import json
 import os
+import shutil
 
 import pytest
+from mmdet.datasets import CocoDataset
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
 
 from mmfalcon.datasets import make_coco_shapes
-from mmfalcon.engine.cli import DataError, check_datasets
+from mmfalcon.engine.cli import (DataError, build_runner, check_built_dataset,
+                                 check_data_paths, check_datasets)
 
 DEMO = 'demo/ssdlite_falcon_shapes.py'
 FIRST = 'data/shapes_coco/train/00000.jpg'
+ANNOTATIONS = 'data/shapes_coco/annotations'
 
 
 @pytest.fixture
@@ -24,39 +29,86 @@ def shapes(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def cfg(config_path):
+def cfg(config_path, tmp_path):
     cfg = Config.fromfile(config_path(DEMO))
-    init_default_scope(cfg.default_scope)
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.experiment_name = tmp_path.name  # runners of two tests apart
     return cfg
 
 
 def test_good_dataset_passes(shapes, cfg):
-    check_datasets(cfg, ('train', 'val'))
+    check_data_paths(cfg, ('train', 'val'))
+    check_datasets(build_runner(cfg), ('train', 'val'))
+
+
+def test_each_annotation_file_is_parsed_once(shapes, cfg, monkeypatch):
+    """The runner's train() trains on the datasets the check built: one
+    parse of each annotation file in all."""
+    parsed = collections.Counter()
+    load_data_list = CocoDataset.load_data_list
+
+    def counting(dataset):
+        parsed[dataset.ann_file] += 1
+        return load_data_list(dataset)
+
+    monkeypatch.setattr(CocoDataset, 'load_data_list', counting)
+    runner = build_runner(cfg)
+    check_datasets(runner, ('train', 'val'))
+    runner.train_loop.run = lambda: runner.model  # all but the training
+    runner.train()
+    assert parsed == {f'{ANNOTATIONS}/instances_train.json': 1,
+                      f'{ANNOTATIONS}/instances_val.json': 1}
+
+
+def test_sample_files_are_listed_once_per_folder(shapes, cfg, monkeypatch):
+    """No stat per sample: one listing of the image folder."""
+    dataset = build_runner(cfg).train_dataloader.dataset
+    listed, stats = [], []
+    listdir, stat = os.listdir, os.stat
+    with monkeypatch.context() as patch:
+        patch.setattr(os, 'listdir',
+                      lambda path: listed.append(path) or listdir(path))
+        patch.setattr(os, 'stat', lambda path, *args, **kwargs: stats.append(
+            path) or stat(path, *args, **kwargs))
+        check_built_dataset(dataset, 'train')
+    assert listed == ['data/shapes_coco/train/']
+    assert stats == []
 
 
 def test_missing_image_is_named(shapes, cfg):
     os.remove(shapes / FIRST)
     with pytest.raises(DataError, match=f'train dataset .* names 1 file.* '
                        f'do not exist, e.g. {FIRST}'):
-        check_datasets(cfg, ('train', ))
+        check_datasets(build_runner(cfg), ('train', ))
 
 
 def test_missing_annotation_file_is_named(shapes, cfg):
-    os.remove(shapes / 'data/shapes_coco/annotations/instances_val.json')
-    with pytest.raises(DataError, match="val dataset's ann_file "
-                       'data/shapes_coco/annotations/instances_val.json '
-                       'does not exist'):
-        check_datasets(cfg, ('train', 'val'))
+    os.remove(shapes / ANNOTATIONS / 'instances_val.json')
+    with pytest.raises(DataError) as error:
+        check_data_paths(cfg, ('train', 'val'))
+    assert str(error.value) == (
+        f"The val dataset's ann_file {ANNOTATIONS}/instances_val.json does "
+        'not exist. To prepare the data, put annotations/, train/ and val/ '
+        'under data/shapes_coco/ (or make data/shapes_coco a link to a '
+        'folder holding them); docs/datasets.md has the steps.')
+
+
+def test_missing_image_folder_is_named(shapes, cfg):
+    shutil.rmtree(shapes / 'data/shapes_coco/train')
+    with pytest.raises(DataError, match="train dataset's img folder "
+                       'data/shapes_coco/train/ does not exist. To prepare'):
+        check_data_paths(cfg, ('train', 'val'))
 
 
 def test_empty_dataset_is_named(shapes, cfg):
-    ann = shapes / 'data/shapes_coco/annotations/instances_train.json'
+    ann = shapes / ANNOTATIONS / 'instances_train.json'
     coco = json.loads(ann.read_text())
     coco.update(images=[], annotations=[])
     ann.write_text(json.dumps(coco))
-    with pytest.raises(DataError, match=r"train dataset \(type='CocoDataset'"
-                       r".*instances_train.json.*has no samples"):
-        check_datasets(cfg, ('train', 'val'))
+    with pytest.raises(DataError, match=r"train dataset \(CocoDataset, "
+                       rf"ann_file='{ANNOTATIONS}/instances_train.json'\) "
+                       'has no samples'):
+        check_datasets(build_runner(cfg), ('train', 'val'))
 
 
 @pytest.mark.slow

@@ -25,8 +25,8 @@ from mmfalcon.deployment.wrapper import TensorForward, input_size_from_config
 from mmfalcon.apis import init_model
 from mmfalcon.models import FalconNet, ParCNet
 
-CONFIGS = ('falconnet/ssdlite_falcon_coco.py', 'parcnet/ssdlite_parcnet_coco.py',
-           'falconnet/deeplabv3_falcon_voc.py', 'parcnet/deeplabv3_parcnet_voc.py')
+CONFIGS = ('ssdlite_falcon_coco.py', 'ssdlite_parcnet_coco.py',
+           'deeplabv3_falcon_voc.py', 'deeplabv3_parcnet_voc.py')
 CONFIG_DIR = osp.join(osp.dirname(__file__), '..', '..', 'configs')
 
 
