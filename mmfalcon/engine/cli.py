@@ -78,8 +78,9 @@ def run(main: Callable[[], None]) -> None:
     A checkpoint that cannot be loaded or a dataset that cannot be used
     (:func:`check_data_paths`, :func:`check_datasets`) ends the run with
     its message instead of a traceback. The process group, if any, is
-    destroyed on success and on error: left to the interpreter's exit, its threads can
-    abort the process (``terminate called without an active exception``).
+    destroyed on success and on error: left to the interpreter's exit,
+    its threads can abort the process (``terminate called without an
+    active exception``).
     A distributed run that succeeded then exits at once, logs flushed,
     without the interpreter's teardown, which could still abort it.
     """
