@@ -28,8 +28,10 @@ _SAMPLE_FILES = ('img_path', 'seg_map_path')
 class DataError(ValueError):
     """A dataset that cannot be used; the message names it and why."""
 
-# Norm layers that only work on CUDA when synchronised across processes.
+# Norm layers that only train on CUDA when synchronised across processes,
+# and the SyncBN that also trains on CPU processes, which replaces them there.
 _CUDA_ONLY_NORMS = ('SyncBN', 'MMSyncBN')
+_CPU_SYNC_BN = 'mmfalcon.CPUSyncBN'
 
 
 def add_common_args(parser):
@@ -108,8 +110,8 @@ def load_config(args) -> Config:
     """Load ``args.config`` and apply the common flags.
 
     A distributed launch (``args.launcher != 'none'``) on a machine
-    without CUDA is made to run on CPU processes (gloo, no SyncBN; see
-    :func:`_cpu_distributed`).
+    without CUDA is made to run on CPU processes (gloo, SyncBN that runs
+    there; see :func:`_cpu_distributed`).
     """
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
@@ -128,13 +130,14 @@ def load_config(args) -> Config:
 
 
 def _replace_sync_bn(node) -> int:
-    """Turn every SyncBN norm config under ``node`` into BN, in place;
-    returns how many."""
+    """Turn every SyncBN norm config under ``node`` (``SyncBN``,
+    ``MMSyncBN``, any scope) into :class:`~mmfalcon.models.layers.
+    batch_stats.CPUSyncBatchNorm`, in place; returns how many."""
     count = 0
     if isinstance(node, dict):
         kind = node.get('type')
         if isinstance(kind, str) and kind.split('.')[-1] in _CUDA_ONLY_NORMS:
-            node['type'] = 'BN'
+            node['type'] = _CPU_SYNC_BN
             count += 1
         for value in node.values():
             count += _replace_sync_bn(value)
@@ -146,10 +149,13 @@ def _replace_sync_bn(node) -> int:
 def _cpu_distributed(cfg: Config) -> None:
     """Make a distributed config run on CPU processes (no CUDA).
 
-    The NCCL backend becomes gloo, SyncBN layers become BN (torch's
-    SyncBatchNorm trains on GPUs only), DDP gets no ``device_ids``, and
-    the gloo process group is started here, because mmengine's launcher
-    calls ``torch.cuda.set_device``. Each change is logged.
+    The NCCL backend becomes gloo; the model's SyncBN layers become
+    ``mmfalcon.CPUSyncBN``, which synchronises their statistics across the
+    CPU processes (torch's SyncBatchNorm trains on GPUs only); the runner's
+    ``sync_bn`` is dropped (it converts to torch's), so its BNs stay BN;
+    DDP gets no ``device_ids``, and the gloo process group is started here,
+    because mmengine's launcher calls ``torch.cuda.set_device``. Each
+    change is logged.
     """
     if cfg.launcher != 'pytorch':
         raise ValueError(
@@ -162,13 +168,15 @@ def _cpu_distributed(cfg: Config) -> None:
         print_log('CUDA is unavailable: distributed backend nccl -> gloo.',
                   logger='current')
     converted = _replace_sync_bn(cfg.model)
-    if cfg.get('sync_bn') is not None:
-        cfg.sync_bn = None
-        converted += 1
     if converted:
         print_log(f'CUDA is unavailable: {converted} SyncBN setting(s) of '
-                  f'the config -> BN (not synchronised across processes).',
+                  f'the model -> {_CPU_SYNC_BN} (synchronised across the CPU '
+                  'processes).', logger='current')
+    if cfg.get('sync_bn') is not None:
+        print_log(f'CUDA is unavailable: sync_bn={cfg.sync_bn!r} dropped, '
+                  'BN stays BN (not synchronised across processes).',
                   logger='current')
+        cfg.sync_bn = None
     wrapper = cfg.get('model_wrapper_cfg') or ConfigDict(
         type='MMDistributedDataParallel', broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False))

@@ -1,15 +1,17 @@
 """Training with branches folded by batch statistics (RepSO, SF-Conv/RefCO)
 computes the branches' function: outputs, gradients, running statistics."""
 import functools
+import logging
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.logging import MMLogger
 
 from mmfalcon.models import FalconNet
 from mmfalcon.models.layers import RefCO, RepSO, SFConv
-from mmfalcon.models.layers.batch_stats import patch_moments
+from mmfalcon.models.layers.batch_stats import describe_folding, patch_moments
 
 def randomize_affine(model, seed=0):
     """Non-trivial BN affine parameters (the running statistics are what
@@ -125,8 +127,9 @@ def test_patch_moments_match_unfolded_patches_and_gradcheck(dilation, size):
 
 
 def test_folding_is_used_only_where_exact():
-    """Eval mode, SyncBN and stride 2 run the branches; folded training
-    runs one conv instead of one per branch."""
+    """Eval mode, stride 2, other norms and fold_batch_stats=False run the
+    branches, saying why; folded training (BN, SyncBN) runs one conv
+    instead of one per branch."""
     def conv_calls(layer, x):
         calls = []
         hooks = [m.register_forward_hook(lambda *a: calls.append(1))
@@ -137,15 +140,25 @@ def test_folding_is_used_only_where_exact():
         return len(calls)
 
     x = torch.randn(2, 4, 6, 6)
-    assert conv_calls(RepSO(4).train(), x) == 0  # a functional conv
-    assert conv_calls(RepSO(4).eval(), x) == 4
-    assert conv_calls(RepSO(4, stride=2).train(), x) == 4
-    sync = RepSO(4, norm_cfg=dict(type='SyncBN')).train()
-    assert not sync._can_fold_batch_stats()
-    assert conv_calls(RepSO(4, fold_batch_stats=False).train(), x) == 4
+    def runs(layer, x, refusal):
+        assert layer.fold_refusal() == refusal
+        return conv_calls(layer, x)
+
+    assert runs(RepSO(4).train(), x, None) == 0  # a functional conv
+    for norm in ('SyncBN', 'mmfalcon.CPUSyncBN'):
+        assert runs(RepSO(4, norm_cfg=dict(type=norm)).train(), x, None) == 0
+    assert runs(RepSO(4).eval(), x, ('eval', '')) == 4
+    assert runs(RepSO(4, stride=2).train(), x, ('stride', '2')) == 4
+    assert runs(RepSO(4, norm_cfg=dict(type='GN', num_groups=1)).train(), x,
+                ('norm', 'GroupNorm')) == 4
+    assert runs(RepSO(4, fold_batch_stats=False).train(), x,
+                ('disabled', '')) == 4
     x = torch.randn(2, 16, 3, 3)
-    assert conv_calls(SFConv(16, 16).train(), x) == 0
-    assert conv_calls(SFConv(16, 16, fold_batch_stats=False).train(), x) == 2
+    assert runs(SFConv(16, 16).train(), x, None) == 0
+    assert runs(SFConv(16, 16, norm_cfg=dict(type='SyncBN')).train(), x,
+                None) == 0
+    assert runs(SFConv(16, 16, fold_batch_stats=False).train(), x,
+                ('disabled', '')) == 2
 
 
 @pytest.mark.parametrize('enabled', [True, False])
@@ -201,3 +214,66 @@ def test_folded_training_under_bfloat16_autocast():
         assert buf_mixed.dtype == buf_ref.dtype, name
         if name.endswith('running_var'):
             assert torch.allclose(buf_mixed, buf_ref, rtol=0.05, atol=1e-3)
+
+
+@pytest.fixture
+def logged(request):
+    """The messages of mmengine's current logger (``print_log(logger=
+    'current')``) during the test: a fresh logger becomes the current one."""
+    logger = MMLogger.get_instance(f'test_batch_stats.{request.node.name}')
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+
+
+def test_describe_folding_counts_layers_by_reason():
+    layers = nn.Sequential(
+        RepSO(4), RepSO(4, stride=2), RepSO(4, stride=2),
+        RepSO(4, norm_cfg=dict(type='GN', num_groups=1)),
+        SFConv(16, 16, fold_batch_stats=False), RepSO(4).fuse()).train()
+    assert describe_folding(layers, 'Net') == (
+        'Net trains 1 of 5 re-parameterizable layers folded by batch '
+        'statistics; branch by branch: 1 with fold_batch_stats=False, '
+        '1 with GroupNorm (the fold takes BatchNorm2d and SyncBatchNorm), '
+        '2 with stride 2 (the fold needs stride 1).')
+    assert describe_folding(nn.Sequential(RepSO(4).fuse()), 'Net') is None
+
+
+def test_falconnet_says_once_how_it_trains(logged):
+    """One line at the first training forward, again only when it changes:
+    the layer counts and why layers run branch by branch."""
+    x = torch.randn(2, 3, 32, 32)
+
+    def lines(model, steps=2):
+        start = len(logged)
+        for _ in range(steps):
+            model.train()(x)
+        return [m for m in logged[start:] if m.startswith('FalconNet')]
+
+    model = FalconNet('tiny')
+    total = sum(isinstance(m, (RepSO, SFConv)) for m in model.modules())
+    head = f'FalconNet trains {{}} of {total} re-parameterizable layers ' \
+        'folded by batch statistics'
+    assert lines(model) == [head.format(total) + '.']
+    model.eval()(x)
+    assert lines(model) == []  # the same again: said once
+    for layer in model.stages[0].modules():
+        if isinstance(layer, (RepSO, SFConv)):
+            layer.fold_batch_stats = False
+    stage = sum(isinstance(m, (RepSO, SFConv))
+                for m in model.stages[0].modules())
+    assert lines(model) == [
+        head.format(total - stage) +
+        f'; branch by branch: {stage} with fold_batch_stats=False.']
+    assert lines(FalconNet('tiny', norm_eval=True)) == [
+        head.format(0) + f'; branch by branch: {total} with eval-mode BN '
+        '(norm_eval, frozen stages).']
+    assert lines(FalconNet('tiny', frozen_stages=1,
+                           norm_cfg=dict(type='SyncBN'))) == [
+        head.format(total - stage) + f'; SyncBN on one process '
+        f"({total - stage} of them): folded with this process's statistics"
+        f'; branch by branch: {stage} with eval-mode BN (norm_eval, frozen '
+        'stages).']

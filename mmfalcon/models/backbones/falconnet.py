@@ -10,6 +10,7 @@ from mmengine.logging import print_log
 from mmfalcon.registry import MODELS, register
 from ..layers import (ConvNorm, FasterNetBlock, InvertedResidual, RefCO,
                       RepSO, SandglassBlock, best_window)
+from ..layers.batch_stats import describe_folding
 from ..layers.sfconv import check_sfconv_impl
 from .base import FusableBackbone, check_batch_norm, default_init_cfg
 
@@ -230,10 +231,13 @@ class FalconNet(FusableBackbone):
             Defaults to 0.
         fold_batch_stats (bool): Train the Meta Light Blocks' RepSO and
             RefCO with their branches folded into one conv by the batch's
-            statistics where that is exact (stride 1, plain ``BN``): the
-            same outputs, gradients and running statistics, faster. False
-            runs the branches one by one (for comparison). Other blocks
-            have no branches to fold. Defaults to True.
+            statistics where that is exact (stride 1, ``BN`` or ``SyncBN``
+            in training mode; SyncBN's across processes): the same outputs,
+            gradients and running statistics, faster. False runs the
+            branches one by one (for comparison). Other blocks have no
+            branches to fold. The first training forward logs one line:
+            how many layers fold, and why the others do not (again only
+            when that changes). Defaults to True.
         sfconv_impl (str): How the fused SF-Conv pairs (RefCO) run in
             PyTorch: ``'matmul'`` (two batched matrix products, the faster
             form on the CPUs measured) or ``'conv'`` (grouped 1x1 convs and
@@ -298,6 +302,8 @@ class FalconNet(FusableBackbone):
             for i in self.out_indices)
         self.out_stride = out_stride
         self.norm_eval = norm_eval
+        # the folding line is due at the next training forward
+        self._folding_due, self._folding_logged = True, None
         block_type, block_kwargs = self._parse_block(block)
         if block_type == 'MetaLightBlock':
             block_kwargs.update(fold_batch_stats=fold_batch_stats,
@@ -358,7 +364,23 @@ class FalconNet(FusableBackbone):
                 'to every block itself: set them as FalconNet arguments.')
         return block_type, block
 
+    def train(self, mode=True):
+        super().train(mode)
+        self._folding_due = mode
+        return self
+
+    def _log_folding(self):
+        """Log how the layers train (:func:`describe_folding`), unless the
+        same line was logged last."""
+        self._folding_due = False
+        line = describe_folding(self, type(self).__name__)
+        if line is not None and line != self._folding_logged:
+            print_log(line, logger='current')
+            self._folding_logged = line
+
     def forward(self, x):
+        if self.training and self._folding_due:
+            self._log_folding()
         x = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages):

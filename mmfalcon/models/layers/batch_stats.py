@@ -10,13 +10,28 @@ branch with taps w has mean ``w . mu`` and variance ``w' M w - (w . mu)^2``,
 branches fold, batch by batch, into one conv that gives the sum the branches
 would give, and autograd through the moments gives the gradients the
 branches would get: the same function without the branches' outputs.
+
+Under SyncBN the statistics are those of the whole batch across processes:
+each layer adds up its input's moments over the processes with ONE
+all-reduce of their sums and count (:func:`all_reduce_means`) and folds with
+the totals. Its gradient is the all-reduce of the moments' gradients, which
+is what SyncBN's backward all-reduces (:class:`_AllReduceSum`).
+:class:`CPUSyncBatchNorm` is a SyncBN that all-reduces likewise, and so
+trains on CPU processes, where torch's own refuses to.
 """
-from typing import Tuple
+from collections import Counter
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.utils.dl_utils.parrots_wrapper import \
+    SyncBatchNorm as MMEngineSyncBatchNorm
 from torch.autograd.function import once_differentiable
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmfalcon.registry import MODELS
 
 # Tap t = (row, col) of a 3x3 patch reads x at offset (t - 1) * dilation.
 # The product of taps s and t is a lag t - s in {-2..2}^2, index 0..24 of a
@@ -171,12 +186,13 @@ def statistics_precision(x: torch.Tensor):
     return x.to(dtype), torch.autocast(x.device.type, enabled=False)
 
 
-def batch_scale_shift(bn: nn.modules.batchnorm._BatchNorm,
-                      mean: torch.Tensor, var: torch.Tensor,
-                      count: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def batch_scale_shift(bn: _BatchNorm, mean: torch.Tensor, var: torch.Tensor,
+                      count: Union[int, torch.Tensor]
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The per-channel ``(scale, shift)`` a training-mode ``bn`` applies to
-    values with batch ``mean`` and biased ``var`` over ``count`` values;
-    updates its running statistics as its own forward would."""
+    values with batch ``mean`` and biased ``var`` over ``count`` values (an
+    int, or a tensor when it is a total over processes); updates its
+    running statistics as its own forward would."""
     if bn.track_running_stats:
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
@@ -195,9 +211,216 @@ def batch_scale_shift(bn: nn.modules.batchnorm._BatchNorm,
     return scale, shift
 
 
-def folds_batch_stats(bn: nn.Module) -> bool:
-    """True for a plain BatchNorm2d that normalizes with batch statistics
-    now: its training forward can be folded from input moments. (A
-    SyncBatchNorm's statistics span processes, so it is left alone.)"""
-    return type(bn) is nn.BatchNorm2d and (bn.training
-                                           or not bn.track_running_stats)
+class _AllReduceSum(torch.autograd.Function):
+    """The sum of a tensor over the processes of a group, differentiable.
+
+    Every process's loss depends on every process's input through that sum,
+    so the gradient of the total loss in each input is the sum over the
+    processes of the gradients in the output: the backward is the same
+    all-reduce, of the output gradients. SyncBN's backward all-reduces
+    exactly those (its ``sum_dy``, ``sum_dy_xmu``: the gradients in the
+    batch mean and variance). torch's ``torch.distributed.nn.functional.
+    all_reduce`` computes the same, but torch 2.13 deprecates it.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor, group):
+        ctx.group = group
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_total):
+        grad = grad_total.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def statistics_group(bn: nn.Module):
+    """The process group whose whole batch a SyncBN (torch's or
+    :class:`CPUSyncBatchNorm`) normalizes with, or None where it takes this
+    process's statistics: not a SyncBN, not training, distributed not
+    initialized, or a group of one process (as torch's SyncBatchNorm
+    decides; its ``process_group``, else the world)."""
+    if not (isinstance(bn, SYNC_NORMS) and bn.training
+            and dist.is_available() and dist.is_initialized()):
+        return None
+    group = bn.process_group or dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def all_reduce_means(means: Sequence[torch.Tensor], count: int, group
+                     ) -> Tuple[List[torch.Tensor],
+                                Union[int, torch.Tensor]]:
+    """Means over ``count`` values of this process -> the means over the
+    values of all processes of ``group`` and their total count (a tensor),
+    from ONE all-reduce of the sums and the count, differentiable
+    (:class:`_AllReduceSum`). ``group`` None: the means and count as given.
+
+    Args:
+        means (Sequence[Tensor]): Means of the same dtype and device.
+        count (int): The number of values each mean is taken over here.
+        group: A process group (see :func:`statistics_group`) or None.
+    """
+    if group is None:
+        return list(means), count
+    sums = [mean.reshape(-1) * count for mean in means]
+    totals = _AllReduceSum.apply(
+        torch.cat(sums + [sums[0].new_full((1, ), count)]), group)
+    total_count = totals[-1].detach()
+    return [total.reshape(mean.shape) / total_count for total, mean in zip(
+        totals[:-1].split([s.numel() for s in sums]), means)], total_count
+
+
+class CPUSyncBatchNorm(_BatchNorm):
+    """A SyncBN that also trains on CPU processes (gloo): torch's
+    SyncBatchNorm raises "expected input tensor to be on GPU" there as soon
+    as distributed is initialized, and DDP refuses CPU modules holding one,
+    so this is a batch norm of its own, not a SyncBatchNorm subclass.
+
+    In training mode, across a group of processes, it normalizes with the
+    mean and variance of the whole batch, from one all-reduce of the sums,
+    the sums of squares and the count (:func:`all_reduce_means`,
+    differentiable), and updates the running statistics with the total
+    count, as SyncBN does. Otherwise (eval mode, distributed not
+    initialized, a group of one process) it is a plain batch norm. RepSO
+    and SF-Conv fold it as they fold SyncBN.
+
+    The variance is taken as ``E[x^2] - E[x]^2``: exact in float64; in
+    float32 it loses digits only where a channel's mean is large against
+    its deviation. It runs on any device, but on GPUs torch's SyncBatchNorm
+    is the one to use: ``tools/train.py`` makes SyncBN this class only
+    without CUDA. Registered in mmfalcon's scope only
+    (``type='mmfalcon.CPUSyncBN'``).
+
+    Args:
+        num_features (int): Channels C of an ``[N, C, ...]`` input.
+        eps (float): Added to the variance. Defaults to 1e-5.
+        momentum (float | None): Of the running statistics; None for their
+            cumulative average. Defaults to 0.1.
+        affine (bool): Learn a scale and a shift. Defaults to True.
+        track_running_stats (bool): Keep running statistics. Defaults to
+            True.
+        process_group: The processes whose batch it normalizes with; None
+            for all. Defaults to None.
+        device: Of the parameters and buffers. Defaults to None.
+        dtype: Of the parameters and buffers. Defaults to None.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, process_group=None, device=None,
+                 dtype=None):
+        super().__init__(num_features, eps, momentum, affine,
+                         track_running_stats, device, dtype)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f'{type(self).__name__} expects an [N, C, ...] '
+                             f'input, got {input.dim()}D')
+
+    def forward(self, input):
+        group = statistics_group(self)
+        if group is None:
+            return super().forward(input)
+        self._check_input_dim(input)
+        values, full_precision = statistics_precision(input)
+        dims = [0, *range(2, input.dim())]
+        with full_precision:
+            (mean, second), count = all_reduce_means(
+                (values.mean(dims), values.square().mean(dims)),
+                input.numel() // input.shape[1], group)
+            var = (second - mean.square()).clamp(min=0)
+            scale, shift = batch_scale_shift(self, mean, var, count)
+            shape = (-1, ) + (1, ) * (input.dim() - 2)
+            out = values * scale.reshape(shape) + shift.reshape(shape)
+        return out.to(input.dtype)
+
+
+MODELS.register_module('CPUSyncBN', module=CPUSyncBatchNorm)
+# The norms that take their statistics across processes.
+SYNC_NORMS = (nn.SyncBatchNorm, CPUSyncBatchNorm)
+
+# The norms whose training forward the layers fold: BN, SyncBN (across
+# processes; mmcv's 'SyncBN' is mmengine's subclass, torch's forward).
+# Other subclasses may compute something else, so they run.
+FOLDED_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, MMEngineSyncBatchNorm,
+                CPUSyncBatchNorm)
+
+# What the log says of the layers that train branch by branch, by reason.
+FOLD_REFUSALS = {
+    'disabled': 'with fold_batch_stats=False',
+    'stride': 'with stride {} (the fold needs stride 1)',
+    'eval': 'with eval-mode BN (norm_eval, frozen stages)',
+    'norm': 'with {} (the fold takes BatchNorm2d and SyncBatchNorm)',
+}
+
+
+def batch_fold_refusal(norms: Sequence[nn.Module], enabled: bool = True,
+                       stride: int = 1) -> Optional[Tuple[str, str]]:
+    """Why a layer whose linear branches are normalized by ``norms`` cannot
+    train folded by batch statistics, as ``(reason, detail)``: a key of
+    :data:`FOLD_REFUSALS` and what its text names; None where it can.
+
+    Args:
+        norms (Sequence[nn.Module]): The norm layers of the branches.
+        enabled (bool): The layer's ``fold_batch_stats``. Defaults to True.
+        stride (int): The layer's stride. Defaults to 1.
+    """
+    if not enabled:
+        return 'disabled', ''
+    if stride != 1:
+        return 'stride', str(stride)
+    kinds = {type(bn) for bn in norms}
+    if len(kinds) > 1 or not kinds <= set(FOLDED_NORMS):
+        return 'norm', ' and '.join(sorted(kind.__name__ for kind in kinds))
+    if len({id(getattr(bn, 'process_group', None)) for bn in norms}) > 1:
+        return 'norm', 'SyncBNs of different process groups'
+    if not all(bn.training or not bn.track_running_stats for bn in norms):
+        return 'eval', ''
+    return None
+
+
+def describe_folding(module: nn.Module, owner: str) -> Optional[str]:
+    """One line on how the unfused re-parameterizable layers under
+    ``module`` (those with a ``fold_refusal()``) train now: how many fold
+    by batch statistics, with which processes' statistics under SyncBN, and
+    how many run branch by branch, for which reasons. None where there is
+    no such layer.
+
+    Args:
+        module (nn.Module): The model, e.g. a FalconNet.
+        owner (str): Its name in the line, e.g. ``'FalconNet'``.
+    """
+    layers = [m for m in module.modules()
+              if callable(getattr(m, 'fold_refusal', None))
+              and not m.is_fused]
+    if not layers:
+        return None
+    refusals, world_sizes = Counter(), Counter()
+    for layer in layers:
+        refusal = layer.fold_refusal()
+        if refusal is not None:
+            refusals[refusal] += 1
+            continue
+        sync_norm = next((m for m in layer.modules()
+                          if isinstance(m, SYNC_NORMS)), None)
+        if sync_norm is not None:
+            group = statistics_group(sync_norm)
+            world_sizes[1 if group is None else dist.get_world_size(group)] \
+                += 1
+    folded = len(layers) - sum(refusals.values())
+    line = (f'{owner} trains {folded} of {len(layers)} re-parameterizable '
+            'layers folded by batch statistics')
+    for size in sorted(world_sizes):
+        line += (f'; SyncBN on {world_sizes[size]} of them: statistics '
+                 f'all-reduced over {size} processes' if size > 1 else
+                 f'; SyncBN on one process ({world_sizes[size]} of them): '
+                 "folded with this process's statistics")
+    if refusals:
+        line += '; branch by branch: ' + ', '.join(
+            f'{count} {FOLD_REFUSALS[reason].format(detail)}'
+            for (reason, detail), count in sorted(refusals.items()))
+    return line + '.'

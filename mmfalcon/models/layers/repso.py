@@ -5,8 +5,9 @@ from mmcv.cnn import build_norm_layer
 
 from ..fusion import (FusableLayer, bn_scale_shift, fold_conv_bn,
                       identity_kernel, pad_kernel)
-from .batch_stats import (batch_scale_shift, folds_batch_stats,
-                          patch_moments, statistics_precision)
+from .batch_stats import (all_reduce_means, batch_fold_refusal,
+                          batch_scale_shift, patch_moments,
+                          statistics_group, statistics_precision)
 from .conv_norm import build_foldable_conv
 
 
@@ -18,10 +19,11 @@ class RepSO(FusableLayer):
     depthwise conv and (stride 1 only) an identity branch, each with its own
     BN, summed. Deploy: a single 3x3 depthwise conv with bias.
 
-    With stride 1 and plain BNs, training runs the branches folded into one
-    3x3 conv with the batch's statistics, computed from the moments of the
-    input patches (:mod:`.batch_stats`): the same outputs, gradients and
-    running statistics as the branches, at a fraction of the cost.
+    With stride 1 and BN or SyncBN, training runs the branches folded into
+    one 3x3 conv with the batch's statistics, computed from the moments of
+    the input patches (:mod:`.batch_stats`; under SyncBN summed over the
+    processes by one all-reduce): the same outputs, gradients and running
+    statistics as the branches, at a fraction of the cost.
 
     Args:
         channels (int): Input and output channels.
@@ -36,8 +38,9 @@ class RepSO(FusableLayer):
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         deploy (bool): Build the fused conv directly. Defaults to False.
         fold_batch_stats (bool): Train with the branches folded by batch
-            statistics where that is exact (stride 1, plain BN); False
-            always runs the branches one by one. Defaults to True.
+            statistics where that is exact (stride 1, BN or SyncBN in
+            training mode); False always runs the branches one by one.
+            Defaults to True.
     """
     _branch_names = ('conv3x3', 'bn3x3', 'conv1x3', 'bn1x3', 'conv3x1',
                      'bn3x1', 'conv1x1', 'bn1x1', 'identity')
@@ -113,22 +116,25 @@ class RepSO(FusableLayer):
             norms.append((self.identity, 1))
         return torch.cat(taps, 1), norms
 
-    def _can_fold_batch_stats(self):
-        return (self.fold_batch_stats and self.stride == 1 and all(
-            folds_batch_stats(bn) for bn in (self.bn3x3, self.bn1x3,
-                                             self.bn3x1, self.bn1x1,
-                                             self.identity)
-            if bn is not None))
+    def fold_refusal(self):
+        """Why the training forward runs the branches one by one now, as
+        ``(reason, detail)`` (see
+        :func:`~.batch_stats.batch_fold_refusal`); None when it folds."""
+        norms = [bn for bn in (self.bn3x3, self.bn1x3, self.bn3x1,
+                               self.bn1x1, self.identity) if bn is not None]
+        return batch_fold_refusal(norms, self.fold_batch_stats, self.stride)
 
     def _fold_batch(self, x):
         """The branches folded into one 3x3 kernel ``[C, 9]`` and bias with
         the batch statistics each branch's BN computes (and updates)."""
         taps, norms = self._branch_taps()
-        mean_patch, second_patch = patch_moments(x, self.dilation)
+        (mean_patch, second_patch), count = all_reduce_means(
+            patch_moments(x, self.dilation),
+            x.shape[0] * x.shape[2] * x.shape[3],
+            statistics_group(self.bn3x3))
         mean = torch.einsum('cbt,ct->cb', taps, mean_patch)
         var = (torch.einsum('cbs,cst,cbt->cb', taps, second_patch, taps) -
                mean.square()).clamp(min=0)
-        count = x.shape[0] * x.shape[2] * x.shape[3]
         scales, shifts, start = [], [], 0
         for bn, num in norms:
             stop = start + num
@@ -156,7 +162,7 @@ class RepSO(FusableLayer):
     def forward(self, x):
         if self.is_fused:
             return self.fused(x)
-        if self._can_fold_batch_stats():
+        if self.fold_refusal() is None:
             return self._forward_folded(x)
         out = self.bn3x3(self.conv3x3(x))
         n, _, h, w = out.shape

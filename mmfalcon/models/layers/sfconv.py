@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 
 from ..fusion import FusableLayer, fold_conv_bn
-from .batch_stats import (batch_scale_shift, folds_batch_stats,
+from .batch_stats import (all_reduce_means, batch_fold_refusal,
+                          batch_scale_shift, statistics_group,
                           statistics_precision)
 from .conv_norm import build_foldable_conv
 
@@ -120,9 +121,10 @@ class SFConv(FusableLayer):
     shuffle, and a grouped 1x1 conv C_in/R -> C_out (K/R groups), each
     followed by BN. Fuses into :class:`FactorizedPointwise` with biases.
 
-    With plain BNs, training runs each layer's M branches folded into one
+    With BN or SyncBN, training runs each layer's M branches folded into one
     grouped product with the batch's statistics, computed from the mean and
-    second moment of each group's input: the same outputs, gradients and
+    second moment of each group's input (under SyncBN summed over the
+    processes by one all-reduce per layer): the same outputs, gradients and
     running statistics as the branches, without the M-fold outputs.
 
     Args:
@@ -141,8 +143,8 @@ class SFConv(FusableLayer):
         norm_cfg (dict): Norm config. Defaults to ``dict(type='BN')``.
         deploy (bool): Build the fused form directly. Defaults to False.
         fold_batch_stats (bool): Train with the branches folded by batch
-            statistics where that is exact (plain BN); False always runs
-            the branches. Defaults to True.
+            statistics where that is exact (BN or SyncBN in training
+            mode); False always runs the branches. Defaults to True.
         impl (str): How the fused form runs, one of :data:`SFCONV_IMPLS`
             (see :class:`FactorizedPointwise`). Defaults to 'matmul'.
     """
@@ -218,19 +220,27 @@ class SFConv(FusableLayer):
         ``[n, groups, k, positions]``: weight ``[groups, out, k]`` and bias
         ``[groups, out, 1]``."""
         n, groups, k, positions = x.shape
-        count = n * positions
         x, full_precision = statistics_precision(x)
         with full_precision:
             # [groups, M * out, k]
             weight = conv.weight.reshape(groups, -1, k)
             mean_in = x.mean((0, 3))
-            # Centred with the detached mean, which is exact: the covariance
-            # of x - c is x's for any constant c, and its derivative in the
-            # mean vanishes at c = mean. Centring keeps float32 from
-            # cancelling.
-            centred = x - mean_in.detach()[..., None]
-            cov_in = torch.matmul(centred, centred.transpose(2, 3)).sum(
-                0) / count
+            group = statistics_group(bn)
+            # Moments about a detached centre c, exact for any constant c:
+            # cov = E[(x - c)(x - c)'] - (mean - c)(mean - c)'. This
+            # process's mean keeps float32 from cancelling; the processes
+            # of a group must share c, so there it is zero.
+            if group is None:
+                centre = mean_in.detach()
+                x = x - centre[..., None]
+            else:
+                centre = torch.zeros_like(mean_in)
+            (offset, second), count = all_reduce_means(
+                (mean_in - centre,
+                 torch.matmul(x, x.transpose(2, 3)).mean(0) / positions),
+                n * positions, group)
+            cov_in = second - offset[..., :, None] * offset[..., None, :]
+            mean_in = centre + offset
             var = torch.einsum('gok,gkj,goj->go', weight, cov_in,
                                weight).clamp(min=0).flatten()
             mean = torch.einsum('gok,gk->go', weight, mean_in).flatten()
@@ -239,6 +249,13 @@ class SFConv(FusableLayer):
             weight = (weight * scale.reshape(groups, -1, 1)).reshape(
                 groups, m, -1, k).sum(1)
             return weight, shift.reshape(groups, m, -1, 1).sum(1)
+
+    def fold_refusal(self):
+        """Why the training forward runs the branches one by one now, as
+        ``(reason, detail)`` (see
+        :func:`~.batch_stats.batch_fold_refusal`); None when it folds."""
+        return batch_fold_refusal((self.bn1, self.bn2),
+                                  self.fold_batch_stats)
 
     def _forward_folded(self, x):
         n, _, h, w = x.shape
@@ -257,8 +274,7 @@ class SFConv(FusableLayer):
     def forward(self, x):
         if self.is_fused:
             return self.fused(x)
-        if self.fold_batch_stats and folds_batch_stats(
-                self.bn1) and folds_batch_stats(self.bn2):
+        if self.fold_refusal() is None:
             return self._forward_folded(x)
         hid = self._sum_branches(self.bn1(self.conv1(x)), self.groups)
         n, _, h, w = hid.shape
