@@ -110,6 +110,8 @@ setup(
         det=[supported('mmdet')] + read_requirements('requirements/det.txt'),
         seg=[supported('mmseg')] + read_requirements('requirements/seg.txt'),
         deploy=read_requirements('requirements/deploy.txt'),
+        openvino=read_requirements('requirements/openvino.txt'),
+        ncnn=read_requirements('requirements/ncnn.txt'),
         tests=read_requirements('requirements/tests.txt')),
     zip_safe=False,
 )

@@ -34,7 +34,7 @@ if ! "$PY" -c 'import mmcv.ops' 2>/dev/null; then
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
         pip_install --no-build-isolation mmcv
 fi
-pip_install --no-build-isolation -e '.[det,seg,deploy,tests]'
+pip_install --no-build-isolation -e '.[det,seg,deploy,openvino,ncnn,tests]'
 # mim's command line, kept out of the environment (see requirements/mim.txt)
 rm -rf "$VENV/mim"
 pip_install --no-deps --target "$VENV/mim" -r requirements/mim.txt

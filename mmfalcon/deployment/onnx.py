@@ -13,7 +13,7 @@ on a copy of the model.
 import copy
 import warnings
 from importlib import import_module
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmfalcon.models.layers.sfconv import FactorizedPointwise
+from .runtime import RuntimeModule, relative_error
 from .sfconv_form import sfconv_export_form
 from .wrapper import TensorForward, _flatten
 
@@ -181,7 +182,7 @@ def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
                          wrapper.output_names(_example(shape)))
 
 
-class OnnxRuntimeModule(nn.Module):
+class OnnxRuntimeModule(RuntimeModule):
     """An ONNX file run by onnxruntime's CPU provider, called like the
     module it was exported from: one tensor in, a tuple of tensors out.
 
@@ -193,13 +194,21 @@ class OnnxRuntimeModule(nn.Module):
         threads (int, optional): Intra-op threads; defaults to
             ``torch.get_num_threads()``, so ONNX Runtime and PyTorch
             latencies compare at the same parallelism.
+        spinning (bool): Whether idle intra-op threads spin (ONNX
+            Runtime's default). Spinning threads of one session slow the
+            next session of an interleaved benchmark down. Defaults to
+            True.
     """
 
-    def __init__(self, path: str, threads: Optional[int] = None):
+    def __init__(self, path: str, threads: Optional[int] = None,
+                 spinning: bool = True):
         super().__init__()
         ort = _require('onnxruntime')
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
+        if not spinning:
+            options.add_session_config_entry(
+                'session.intra_op.allow_spinning', '0')
         self.path = path
         self.session = ort.InferenceSession(
             path, options, providers=['CPUExecutionProvider'])
@@ -209,10 +218,8 @@ class OnnxRuntimeModule(nn.Module):
                              f'one image tensor')
         self.input_name = inputs[0].name
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        outputs = self.session.run(
-            None, {self.input_name: x.detach().cpu().numpy()})
-        return tuple(torch.from_numpy(out) for out in outputs)
+    def run(self, x: np.ndarray) -> List[np.ndarray]:
+        return self.session.run(None, {self.input_name: x})
 
 
 @torch.no_grad()
@@ -237,18 +244,5 @@ def check_onnx(model: nn.Module, path: str, shape: Sequence[int],
     _check_shape(shape)
     model.eval()
     x = _example(shape, seed)
-    expected = TensorForward(model)(x)
-    actual = [out.numpy() for out in OnnxRuntimeModule(path)(x)]
-    if len(actual) != len(expected):
-        raise RuntimeError(f'{path} has {len(actual)} outputs, PyTorch '
-                           f'{len(expected)}')
-    err = 0.0
-    for ours, theirs in zip(expected, actual):
-        if tuple(ours.shape) != tuple(theirs.shape):
-            raise RuntimeError(f'output shape {tuple(theirs.shape)} in '
-                               f'{path}, {tuple(ours.shape)} in PyTorch')
-        ours = ours.numpy().astype(np.float64)
-        # an all-zero output is compared absolutely
-        scale = float(np.abs(ours).max(initial=0.0)) or 1.0
-        err = max(err, float(np.abs(ours - theirs).max(initial=0.0)) / scale)
-    return err
+    return relative_error(TensorForward(model)(x),
+                          OnnxRuntimeModule(path).run(x.numpy()), path)

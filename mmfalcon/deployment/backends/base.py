@@ -1,0 +1,214 @@
+"""What every deploy runtime provides: export a fused model for one input
+shape and precision, load what it wrote, run it on numpy inputs.
+
+A backend's runtime packages are optional: they are imported only when a
+backend is used (:meth:`Backend.require`), never on ``import mmfalcon``.
+"""
+import os
+import os.path as osp
+import re
+import tempfile
+from importlib import import_module
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch.nn as nn
+
+from ..onnx import export_onnx
+from ..runtime import RuntimeModule
+
+PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
+
+
+class BackendNotInstalledError(ImportError):
+    """A runtime package a backend needs is not installed; the message
+    names it and the pip command that installs it."""
+
+
+class UnsupportedOpError(RuntimeError):
+    """The runtime cannot take an op of the exported graph; the message
+    names the op and the layers (ONNX nodes) that hold it."""
+
+
+class Backend:
+    """One deploy runtime. Subclasses set the class attributes and
+    implement :meth:`convert` and :meth:`load`.
+
+    The graph every backend starts from is the project's ONNX export
+    (:func:`~mmfalcon.deployment.export_onnx`: the fused tensor forward,
+    SF-Conv pairs and ParC mixers in their exact export forms); a backend
+    converts that file into its runtime's own format.
+
+    Attributes:
+        name (str): The ``--backend`` name.
+        extra (str): The ``pip install "mmfalcon[EXTRA]"`` extra that
+            installs the packages.
+        packages (dict): Module name -> pip name of each package every
+            precision needs.
+        int8_packages (dict): The same, for what INT8 needs besides.
+        precisions (tuple[str]): The precisions it exports, of
+            :data:`PRECISIONS`.
+        suffixes (tuple[str]): The suffixes of the files it writes after
+            the output prefix; the first is its model file.
+
+    Args:
+        threads (int, optional): Threads a loaded model runs on; defaults
+            to ``torch.get_num_threads()``, so runtimes compare with
+            PyTorch at the same parallelism.
+    """
+    name = ''
+    extra = ''
+    packages: Dict[str, str] = {}
+    int8_packages: Dict[str, str] = {}
+    precisions: Tuple[str, ...] = ()
+    suffixes: Tuple[str, ...] = ()
+
+    def __init__(self, threads: Optional[int] = None):
+        self.threads = threads
+
+    def require(self, precision: str = 'fp32') -> None:
+        """Import the packages ``precision`` needs (:attr:`packages`, and
+        :attr:`int8_packages` for INT8).
+
+        Raises:
+            BackendNotInstalledError: naming the missing package and the
+                pip command.
+        """
+        self.check_precision(precision)
+        needed = dict(self.packages)
+        if precision == 'int8':
+            needed.update(self.int8_packages)
+        for module, dist in needed.items():
+            try:
+                import_module(module)
+            except ImportError as exc:
+                raise BackendNotInstalledError(
+                    f'the {self.name} backend needs the package {dist!r}, '
+                    f'which is not installed ({exc}); install it with: '
+                    f'pip install "mmfalcon[{self.extra}]" (or: pip install '
+                    f'{" ".join(needed.values())})') from exc
+
+    def check_precision(self, precision: str) -> None:
+        """Raise a ValueError listing what is supported unless this
+        backend exports ``precision``."""
+        if precision not in self.precisions:
+            from . import BACKENDS
+            supported = '; '.join(f'{name}: {", ".join(cls.precisions)}'
+                                  for name, cls in BACKENDS.items())
+            raise ValueError(
+                f'the {self.name} backend does not export precision '
+                f'{precision!r}; it exports {", ".join(self.precisions)} '
+                f'(supported: {supported})')
+
+    def files(self, out: str) -> List[str]:
+        """The files :meth:`export` writes for the output path ``out``: a
+        prefix (``work_dir/end2end``, mmdeploy's layout), or the prefix
+        with the backend's model file suffix (``end2end.onnx``,
+        ``end2end.xml``, ``end2end.param``)."""
+        main = self.suffixes[0]
+        prefix = out[:-len(main)] if out.endswith(main) else out
+        other = next((s for s in _MODEL_SUFFIXES if s != main
+                      and prefix.endswith(s)), None)
+        if other is not None or not osp.basename(prefix):
+            raise ValueError(
+                f'output {out!r}: the {self.name} backend writes '
+                f'{" + ".join(self.suffixes)} files; pass a path prefix '
+                f'(e.g. work_dir/end2end) or a {main} file')
+        return [prefix + suffix for suffix in self.suffixes]
+
+    def export(self, model: nn.Module, shape: Sequence[int], out: str,
+               precision: str = 'fp32',
+               calibration: Optional[Sequence[np.ndarray]] = None
+               ) -> List[str]:
+        """Export a fused detector / segmentor for one input shape.
+
+        Args:
+            model (nn.Module): The fused model (not changed).
+            shape (Sequence[int]): Input shape ``(N, C, H, W)``.
+            out (str): Output prefix or model file (:meth:`files`).
+            precision (str): One of :attr:`precisions`. Defaults to
+                ``'fp32'``.
+            calibration (Sequence[np.ndarray], optional): Preprocessed
+                images of ``shape`` to calibrate INT8 on
+                (:func:`~mmfalcon.deployment.calibration_inputs`); required
+                for ``'int8'`` only.
+
+        Returns:
+            list[str]: The files written.
+        """
+        self.require(precision)
+        if precision == 'int8' and not calibration:
+            raise ValueError(f'{self.name} INT8 export needs calibration '
+                             f'images; got none')
+        paths = self.files(out)
+        directory = osp.dirname(paths[0])
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = osp.join(tmp, 'fp32.onnx')
+            export_onnx(model, shape, onnx_path)
+            try:
+                self.convert(onnx_path, paths, shape, precision, calibration)
+            except BaseException:
+                for path in paths:  # no half-converted model left behind
+                    if osp.isfile(path):
+                        os.remove(path)
+                raise
+        return paths
+
+    def convert(self, onnx_path: str, paths: List[str], shape: Sequence[int],
+                precision: str,
+                calibration: Optional[Sequence[np.ndarray]]) -> None:
+        """Write :meth:`files` (``paths``) from the exported float ONNX
+        file, in ``precision``; see :meth:`export` for the arguments.
+
+        Raises:
+            UnsupportedOpError: where the runtime cannot take an op.
+        """
+        raise NotImplementedError
+
+    def load(self, out: str, precision: str = 'fp32') -> RuntimeModule:
+        """The model :meth:`export` wrote to ``out``, loaded to run in
+        ``precision`` (the precision it was exported in)."""
+        raise NotImplementedError
+
+
+# Model file suffixes of all backends (a path ending in another backend's
+# is a mistake, not a prefix).
+_MODEL_SUFFIXES = ('.onnx', '.xml', '.param', '.bin')
+
+
+def nodes_of_types(onnx_path: str, op_types: Sequence[str]) -> List[str]:
+    """``'op_type (layer, ...)'`` for each of ``op_types`` (``Op`` or
+    ``domain.Op``), the layers being the names of the ONNX nodes of that
+    type (the exporter names a node after its module's path)."""
+    from ..onnx import _require
+    graph = _require('onnx').load(onnx_path).graph
+    named = []
+    for op in dict.fromkeys(op_types):
+        layers = [node.name or node.output[0] for node in graph.node
+                  if op in (node.op_type, f'{node.domain}.{node.op_type}')]
+        named.append(f'{op} ({", ".join(layers)})' if layers else op)
+    return named
+
+
+def unsupported_ops(runtime: str, onnx_path: str, op_types: Sequence[str],
+                    message: str) -> UnsupportedOpError:
+    """The error naming ``op_types`` the runtime cannot take and their
+    layers, with the runtime's own ``message`` (its last lines)."""
+    lines = [line for line in message.strip().splitlines()
+             if not re.fullmatch(r'(.*\.\.\.)?\s*[\d.]+ms', line)]  # timings
+    tail = '\n'.join(lines[-6:])
+    ops = '; '.join(nodes_of_types(onnx_path, op_types)) or 'unknown'
+    return UnsupportedOpError(f'{runtime} cannot take the op {ops} of the '
+                              f'exported graph. {runtime} says: {tail}')
+
+
+def ops_in_message(message: str, patterns: Sequence[str]) -> List[str]:
+    """The op names each regex of ``patterns`` captures in ``message``
+    (a capture may hold a comma-separated list)."""
+    ops = []
+    for pattern in patterns:
+        for found in re.findall(pattern, message):
+            ops += [op.strip() for op in found.split(',') if op.strip()]
+    return ops
