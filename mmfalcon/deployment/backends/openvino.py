@@ -28,7 +28,10 @@ class OpenVINOBackend(Backend):
     * fp16: float16 weights, compiled in f16.
     * bf16: float32 weights, compiled in bf16.
     * int8: ``nncf.quantize`` on the calibration images (the config's own
-      test data), float32 weights of what stays float, compiled in f32.
+      test data), compiled in f32, with what INT8 would slow down kept in
+      float: the residual Adds (in float the CPU plugin fuses each into
+      the conv before it; quantized, it runs as a kernel of its own) and
+      the narrow convs of :func:`narrow_convs`.
 
     A model's precision is a compile setting, not part of the file: load
     it with the precision it was exported in (:meth:`load`).
@@ -57,13 +60,46 @@ class OpenVINOBackend(Backend):
                                   str(exc)) from exc
         if precision == 'int8':
             import nncf
-            model = nncf.quantize(model, nncf.Dataset(list(calibration)),
-                                  subset_size=len(calibration))
+            model = nncf.quantize(
+                model, nncf.Dataset(list(calibration)),
+                subset_size=len(calibration),
+                ignored_scope=nncf.IgnoredScope(
+                    names=narrow_convs(model), types=['Add'],
+                    validate=False))
         ov.save_model(model, paths[0], compress_to_fp16=precision == 'fp16')
 
     def load(self, out: str, precision: str = 'fp32') -> 'OpenVINOModule':
         self.require(precision)
         return OpenVINOModule(self.files(out)[0], precision, self.threads)
+
+
+# A conv with fewer input channels per group than this, other than a
+# depthwise one, stays float in INT8 (:func:`narrow_convs`).
+MIN_INT8_GROUP_CHANNELS = 8
+
+
+def narrow_convs(model) -> List[str]:
+    """The names of the convs of an OpenVINO model that INT8 would slow
+    down: fewer than :data:`MIN_INT8_GROUP_CHANNELS` input channels per
+    group and not depthwise (one input and one output channel per group).
+    These are a stem conv on the 3 image channels and FalconNet's grouped
+    2x2 patch merges (1 input, 2 output channels per group): the CPU
+    plugin's INT8 kernels (AMX, VNNI) work on blocks of input channels, and
+    these ran 1.6-3x slower in INT8 than in f32 (docs/deployment.md)."""
+    names = []
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind not in ('Convolution', 'GroupConvolution'):
+            continue
+        weight = op.input(1).get_partial_shape().to_shape()
+        # Convolution [O, I, kh, kw]; GroupConvolution [G, O/G, I/G, kh, kw]
+        out_per_group, in_per_group = weight[:2] if kind == 'Convolution' \
+            else weight[1:3]
+        depthwise = kind == 'GroupConvolution' and in_per_group == 1 and (
+            out_per_group == 1)
+        if in_per_group < MIN_INT8_GROUP_CHANNELS and not depthwise:
+            names.append(op.get_friendly_name())
+    return names
 
 
 class OpenVINOModule(RuntimeModule):
