@@ -392,3 +392,24 @@ def test_mmfalcon_imports_without_the_runtimes():
                          text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == '[]'
+
+
+@pytest.mark.slow
+def test_export_tool_int8_latency_and_evaluation(det_with_data, tmp_path,
+                                                 run_tool):
+    """INT8 calibrated on the config's test images, timed against the same
+    runtime's fp32 export and evaluated beside it."""
+    cfg, model = det_with_data
+    cfg_file, ckpt = str(tmp_path / 'small.py'), str(tmp_path / 'fused.pth')
+    cfg.dump(cfg_file)
+    save_fused_checkpoint(model, ckpt)
+    out = run_tool('deployment/export.py', cfg_file, ckpt, tmp_path / 'int8',
+                   '--backend', 'onnxruntime', '--precision', 'int8',
+                   '--calib-images', '2', '--latency', '3', '--evaluate')
+    assert 'calibrated on 2 test images' in out.stdout
+    assert 'int8 is a reduced precision: no tolerance' in out.stdout
+    assert ('3 interleaved rounds (median ms; median per-round ratio to '
+            'onnxruntime fp32') in out.stdout
+    assert '  onnxruntime int8: ' in out.stdout
+    for name in ('onnxruntime fp32', 'onnxruntime int8'):
+        assert f'{name} on the test set: coco/bbox_mAP: ' in out.stdout
