@@ -57,7 +57,12 @@ def _divisor(model: nn.Module) -> Tuple[Optional[str], int]:
 
 class _Watch:
     """Forward hooks on every module: the stack of modules running, and
-    the first windowed layer whose input breaks a constraint."""
+    the first windowed layer whose input breaks a constraint.
+
+    Args:
+        model (nn.Module): The model to watch (hooks until :meth:`remove`).
+        size (Tuple[int, int]): The model's input ``(H, W)``.
+    """
 
     def __init__(self, model: nn.Module, size: Tuple[int, int]):
         self.size = size

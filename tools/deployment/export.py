@@ -13,6 +13,7 @@ Usage: python tools/deployment/export.py CONFIG CHECKPOINT OUT
            --backend onnxruntime|openvino|ncnn [--shape H W]
            [--precision fp32|fp16|bf16|int8] [--tolerance T]
            [--calib-images 32] [--latency RUNS] [--evaluate [--limit N]]
+           [--threads N]
 """
 import argparse
 import numbers
@@ -64,6 +65,10 @@ def parse_args():
     parser.add_argument('--warmup', type=int, default=5,
                         help='warm-up rounds of --latency (default 5)')
     parser.add_argument(
+        '--threads', type=int,
+        help="threads the runtime runs on (default: PyTorch's, "
+        f'{torch.get_num_threads()} here)')
+    parser.add_argument(
         '--evaluate', action='store_true',
         help="evaluate this export (and the backend's fp32 export) on the "
         'test set with the model\'s own post-processing')
@@ -75,7 +80,9 @@ def parse_args():
 
 def main():
     args = parse_args()
-    backend = get_backend(args.backend)
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f'--threads must be >= 1, got {args.threads}')
+    backend = get_backend(args.backend, args.threads)
     if args.calib_images < 1:
         raise SystemExit(f'--calib-images must be >= 1, got '
                          f'{args.calib_images}')
@@ -116,7 +123,8 @@ def main():
             backend.export(model, shape, fp32)
             runtimes = {f'{args.backend} fp32': backend.load(fp32), **runtimes}
         if args.latency:
-            report_latency(runtimes, shape, args.warmup, args.latency)
+            report_latency(runtimes, shape, args.warmup, args.latency,
+                           args.threads or torch.get_num_threads())
         if args.evaluate:
             for name, module in runtimes.items():
                 metrics = evaluate(model, module, shape, args.limit)
@@ -126,15 +134,22 @@ def main():
                     if isinstance(v, numbers.Real)))
 
 
-def report_latency(runtimes, shape, warmup, runs):
+def report_latency(runtimes, shape, warmup, runs, threads):
     """Print each runtime's median latency and its ratio to the first
     one, run interleaved. PyTorch is left out: a runtime's idle worker
-    threads would slow it down."""
+    threads would slow it down.
+
+    Args:
+        runtimes (dict): Name -> loaded model; the first is the reference.
+        shape (Sequence[int]): Their input shape.
+        warmup (int): Untimed rounds first.
+        runs (int): Timed rounds.
+        threads (int): The threads they run on (for the report).
+    """
     times = latency_samples(runtimes, shape, warmup, runs)
     reference = list(runtimes)[0]
-    print(f'latency, {torch.get_num_threads()} threads, {runs} interleaved '
-          f'rounds (median ms; median per-round ratio to {reference}, '
-          f'quartiles):')
+    print(f'latency, {threads} threads, {runs} interleaved rounds (median '
+          f'ms; median per-round ratio to {reference}, quartiles):')
     for name in runtimes:
         mid, low, high = ratio_spread(times, name, reference)
         print(f'  {name}: {statistics.median(times[name]):.2f} ms, '

@@ -70,6 +70,10 @@ class Backend:
         """Import the packages ``precision`` needs (:attr:`packages`, and
         :attr:`int8_packages` for INT8).
 
+        Args:
+            precision (str): One of :attr:`precisions`. Defaults to
+                ``'fp32'``.
+
         Raises:
             BackendNotInstalledError: naming the missing package and the
                 pip command.
@@ -90,7 +94,11 @@ class Backend:
 
     def check_precision(self, precision: str) -> None:
         """Raise a ValueError listing what is supported unless this
-        backend exports ``precision``."""
+        backend exports ``precision``.
+
+        Args:
+            precision (str): The precision asked for.
+        """
         if precision not in self.precisions:
             from . import BACKENDS
             supported = '; '.join(f'{name}: {", ".join(cls.precisions)}'
@@ -101,10 +109,16 @@ class Backend:
                 f'(supported: {supported})')
 
     def files(self, out: str) -> List[str]:
-        """The files :meth:`export` writes for the output path ``out``: a
-        prefix (``work_dir/end2end``, mmdeploy's layout), or the prefix
-        with the backend's model file suffix (``end2end.onnx``,
-        ``end2end.xml``, ``end2end.param``)."""
+        """The files :meth:`export` writes for an output path.
+
+        Args:
+            out (str): A prefix (``work_dir/end2end``, mmdeploy's layout),
+                or the prefix with the backend's model file suffix
+                (``end2end.onnx``, ``end2end.xml``, ``end2end.param``).
+
+        Returns:
+            list[str]: One path per suffix of :attr:`suffixes`.
+        """
         main = self.suffixes[0]
         prefix = out[:-len(main)] if out.endswith(main) else out
         other = next((s for s in _MODEL_SUFFIXES if s != main
@@ -159,8 +173,16 @@ class Backend:
     def convert(self, onnx_path: str, paths: List[str], shape: Sequence[int],
                 precision: str,
                 calibration: Optional[Sequence[np.ndarray]]) -> None:
-        """Write :meth:`files` (``paths``) from the exported float ONNX
-        file, in ``precision``; see :meth:`export` for the arguments.
+        """Convert the exported float ONNX file into the runtime's files.
+
+        Args:
+            onnx_path (str): The float ``.onnx`` file
+                (:func:`~mmfalcon.deployment.export_onnx`).
+            paths (list[str]): The files to write (:meth:`files`).
+            shape (Sequence[int]): Its input shape ``(N, C, H, W)``.
+            precision (str): One of :attr:`precisions`.
+            calibration (Sequence[np.ndarray], optional): INT8 calibration
+                inputs of ``shape`` (see :meth:`export`).
 
         Raises:
             UnsupportedOpError: where the runtime cannot take an op.
@@ -168,8 +190,14 @@ class Backend:
         raise NotImplementedError
 
     def load(self, out: str, precision: str = 'fp32') -> RuntimeModule:
-        """The model :meth:`export` wrote to ``out``, loaded to run in
-        ``precision`` (the precision it was exported in)."""
+        """The model :meth:`export` wrote, loaded to run on the CPU.
+
+        Args:
+            out (str): The output path given to :meth:`export`.
+            precision (str): The precision it was exported in: a compile
+                setting in some runtimes, so it must be given again.
+                Defaults to ``'fp32'``.
+        """
         raise NotImplementedError
 
 
@@ -179,9 +207,14 @@ _MODEL_SUFFIXES = ('.onnx', '.xml', '.param', '.bin')
 
 
 def nodes_of_types(onnx_path: str, op_types: Sequence[str]) -> List[str]:
-    """``'op_type (layer, ...)'`` for each of ``op_types`` (``Op`` or
-    ``domain.Op``), the layers being the names of the ONNX nodes of that
-    type (the exporter names a node after its module's path)."""
+    """``'op_type (layer, ...)'`` for each op type, the layers being the
+    names of the ONNX nodes of that type (the exporter names a node after
+    its module's path).
+
+    Args:
+        onnx_path (str): The ONNX file.
+        op_types (Sequence[str]): ``Op`` or ``domain.Op`` names.
+    """
     from ..onnx import _require
     graph = _require('onnx').load(onnx_path).graph
     named = []
@@ -194,8 +227,14 @@ def nodes_of_types(onnx_path: str, op_types: Sequence[str]) -> List[str]:
 
 def unsupported_ops(runtime: str, onnx_path: str, op_types: Sequence[str],
                     message: str) -> UnsupportedOpError:
-    """The error naming ``op_types`` the runtime cannot take and their
-    layers, with the runtime's own ``message`` (its last lines)."""
+    """The error naming the ops a runtime cannot take and their layers.
+
+    Args:
+        runtime (str): The runtime's (or its converter's) name.
+        onnx_path (str): The ONNX file it was given.
+        op_types (Sequence[str]): The ops it named (:func:`ops_in_message`).
+        message (str): Its own error or log; the last lines are quoted.
+    """
     lines = [line for line in message.strip().splitlines()
              if not re.fullmatch(r'(.*\.\.\.)?\s*[\d.]+ms', line)]  # timings
     tail = '\n'.join(lines[-6:])
@@ -205,8 +244,13 @@ def unsupported_ops(runtime: str, onnx_path: str, op_types: Sequence[str],
 
 
 def ops_in_message(message: str, patterns: Sequence[str]) -> List[str]:
-    """The op names each regex of ``patterns`` captures in ``message``
-    (a capture may hold a comma-separated list)."""
+    """The op names a runtime's error message names.
+
+    Args:
+        message (str): The message.
+        patterns (Sequence[str]): Regexes with one group capturing an op
+            name or a comma-separated list of them.
+    """
     ops = []
     for pattern in patterns:
         for found in re.findall(pattern, message):
