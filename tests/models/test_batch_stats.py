@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from mmengine.logging import MMLogger
 
 from mmfalcon.models import FalconNet
-from mmfalcon.models.layers import RefCO, RepSO, SFConv
+from mmfalcon.models.layers import RefCO, RepSO, SFConv, batch_stats
 from mmfalcon.models.layers.batch_stats import describe_folding, patch_moments
 
 def randomize_affine(model, seed=0):
@@ -124,6 +124,19 @@ def test_patch_moments_match_unfolded_patches_and_gradcheck(dilation, size):
     assert relative(second, ref_second) < 1e-12
     assert torch.autograd.gradcheck(
         lambda t: patch_moments(t, dilation), (x, ))
+
+
+def test_patch_moments_in_channel_chunks(monkeypatch):
+    """On the CPU the lagged products go through cache-sized chunks of
+    channels (here 2 channels of 5 per chunk, the last one short): the same
+    moments as the explicit patches."""
+    x = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    monkeypatch.setattr(batch_stats, '_CPU_CHUNK_BYTES',
+                        2 * x[:, 0].numel() * x.element_size())
+    mean, second = patch_moments(x, 2)
+    ref_mean, ref_second = unfolded_moments(x, 2)
+    assert relative(mean, ref_mean) < 1e-12
+    assert relative(second, ref_second) < 1e-12
 
 
 def test_folding_is_used_only_where_exact():
