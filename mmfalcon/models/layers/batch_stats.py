@@ -181,6 +181,29 @@ class _PatchMoments(torch.autograd.Function):
         return grad / (n * h * w), None
 
 
+class _BatchGram(torch.autograd.Function):
+    """``x @ x^T`` averaged over dim 0 of x ``[n, ..., K, P]``. Autograd
+    would take the gradient as two products (one per factor) and their
+    sum; the product is symmetric, so one does: ``(g + g^T) @ x / n``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.matmul(x, x.transpose(-1, -2)).mean(0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (x, ) = ctx.saved_tensors
+        return torch.matmul((grad + grad.transpose(-1, -2)) / x.shape[0], x)
+
+
+def batch_gram(x: torch.Tensor) -> torch.Tensor:
+    """``[..., K, K]``: the mean over dim 0 of x ``[n, ..., K, P]`` of
+    ``x @ x^T``, differentiable in x (see :class:`_BatchGram`)."""
+    return _BatchGram.apply(x)
+
+
 def patch_moments(x: torch.Tensor, dilation: int = 1
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mean ``[C, 9]`` and second moment ``[C, 9, 9]`` over batch and

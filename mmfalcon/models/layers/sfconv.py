@@ -7,7 +7,7 @@ from mmcv.cnn import build_norm_layer
 
 from ..fusion import FusableLayer, fold_conv_bn
 from .batch_stats import (all_reduce_means, batch_fold_refusal,
-                          batch_scale_shift, statistics_group,
+                          batch_gram, batch_scale_shift, statistics_group,
                           statistics_precision)
 from .conv_norm import build_foldable_conv
 
@@ -237,7 +237,7 @@ class SFConv(FusableLayer):
                 centre = torch.zeros_like(mean_in)
             (offset, second), count = all_reduce_means(
                 (mean_in - centre,
-                 torch.matmul(x, x.transpose(2, 3)).mean(0) / positions),
+                 batch_gram(x) / positions),
                 n * positions, group)
             cov_in = second - offset[..., :, None] * offset[..., None, :]
             mean_in = centre + offset
