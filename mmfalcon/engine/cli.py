@@ -1,10 +1,12 @@
-"""Config handling shared by tools/train.py and tools/test.py.
+"""Config handling shared by tools/train.py and tools/test.py, and the
+command-line pieces the deployment tools share.
 
 The tools mirror mmdet's / mmseg's CLI and are task-agnostic: the task
 (detection or segmentation) comes from the config's ``default_scope``.
 """
 import argparse
 import logging
+import numbers
 import os
 import os.path as osp
 import sys
@@ -65,6 +67,53 @@ def add_shape_argument(parser) -> None:
         '--shape', type=int, nargs='+', metavar='SIZE', action=_ShapeAction,
         help='input H W (or one size for a square); default: the test '
         "pipeline's fixed resize, else 320 320")
+
+
+class _CalibImagesAction(argparse.Action):
+    """``--calib-images N``, N >= 1: checked when parsed, before a tool
+    builds its model."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values < 1:
+            parser.error(f'{option_string}: the number of calibration images '
+                         f'must be >= 1, got {values}')
+        setattr(namespace, self.dest, values)
+
+
+def add_calib_images_argument(parser, help: str) -> None:
+    """``--calib-images``: how many of the config's test images INT8
+    calibrates on (default 32, at least 1).
+
+    Args:
+        parser (ArgumentParser): The tool's parser.
+        help (str): The flag's help, in the tool's words.
+    """
+    parser.add_argument('--calib-images', type=int, default=32,
+                        action=_CalibImagesAction, help=help)
+
+
+def add_evaluate_arguments(parser, help: str) -> None:
+    """``--evaluate`` (on the config's test set, see
+    :func:`mmfalcon.deployment.evaluate`) and ``--limit N`` (its first N
+    images only); :func:`print_test_metrics` prints the results.
+
+    Args:
+        parser (ArgumentParser): The tool's parser.
+        help (str): The help of ``--evaluate``: what the tool evaluates.
+    """
+    parser.add_argument('--evaluate', action='store_true', help=help)
+    parser.add_argument('--limit', type=int,
+                        help='evaluate the first LIMIT test images only')
+
+
+def print_test_metrics(name: str, metrics: dict) -> None:
+    """Print ``'{name} on the test set: key: value, ...'``, the numeric
+    metrics of an evaluation, e.g. ``'int8 on the test set:
+    coco/bbox_mAP: 0.7420, ...'``."""
+    # mmseg's metrics are numpy scalars, mmdet's Python floats
+    print(f'{name} on the test set: ' + ', '.join(
+        f'{key}: {float(value):.4f}' for key, value in metrics.items()
+        if isinstance(value, numbers.Real)))
 
 
 def require_file(path: str, what: str) -> None:

@@ -16,7 +16,6 @@ Usage: python tools/deployment/export.py CONFIG CHECKPOINT OUT
            [--threads N]
 """
 import argparse
-import numbers
 import os.path as osp
 import statistics
 import tempfile
@@ -30,7 +29,9 @@ from mmfalcon.deployment.backends import (BACKENDS, PRECISIONS,
                                           UnsupportedOpError,
                                           export_and_check, get_backend)
 from mmfalcon.deployment.input_shape import InputShapeError
-from mmfalcon.engine.cli import add_shape_argument, require_file, run
+from mmfalcon.engine.cli import (add_calib_images_argument,
+                                 add_evaluate_arguments, add_shape_argument,
+                                 print_test_metrics, require_file, run)
 from mmfalcon.fileio import add_trust_argument
 
 FP32_TOLERANCE = 1e-4
@@ -56,8 +57,8 @@ def parse_args():
         "each output's scale: max |runtime - torch| / max |torch| (default "
         f'{FP32_TOLERANCE:g} for fp32; none for a reduced precision, whose '
         'error is printed)')
-    parser.add_argument('--calib-images', type=int, default=32,
-                        help='test images INT8 calibrates on (default 32)')
+    add_calib_images_argument(
+        parser, help='test images INT8 calibrates on (default 32)')
     parser.add_argument(
         '--latency', type=int, default=0, metavar='RUNS',
         help="also measure latency in RUNS interleaved rounds: the backend's "
@@ -68,12 +69,9 @@ def parse_args():
         '--threads', type=int,
         help="threads the runtime runs on (default: PyTorch's, "
         f'{torch.get_num_threads()} here)')
-    parser.add_argument(
-        '--evaluate', action='store_true',
-        help="evaluate this export (and the backend's fp32 export) on the "
-        'test set with the model\'s own post-processing')
-    parser.add_argument('--limit', type=int,
-                        help='evaluate the first LIMIT test images only')
+    add_evaluate_arguments(
+        parser, help="evaluate this export (and the backend's fp32 export) "
+        "on the test set with the model's own post-processing")
     add_trust_argument(parser)
     return parser.parse_args()
 
@@ -83,9 +81,6 @@ def main():
     if args.threads is not None and args.threads < 1:
         raise SystemExit(f'--threads must be >= 1, got {args.threads}')
     backend = get_backend(args.backend, args.threads)
-    if args.calib_images < 1:
-        raise SystemExit(f'--calib-images must be >= 1, got '
-                         f'{args.calib_images}')
     if args.latency < 0:
         raise SystemExit(f'--latency must be >= 0, got {args.latency}')
     try:  # what the command line asks for, before the model is built
@@ -127,11 +122,8 @@ def main():
                            args.threads or torch.get_num_threads())
         if args.evaluate:
             for name, module in runtimes.items():
-                metrics = evaluate(model, module, shape, args.limit)
-                # mmseg's metrics are numpy scalars, mmdet's Python floats
-                print(f'{name} on the test set: ' + ', '.join(
-                    f'{k}: {float(v):.4f}' for k, v in metrics.items()
-                    if isinstance(v, numbers.Real)))
+                print_test_metrics(
+                    name, evaluate(model, module, shape, args.limit))
 
 
 def report_latency(runtimes, shape, warmup, runs, threads):

@@ -12,7 +12,6 @@ Usage: python tools/deployment/quantize_onnx.py CONFIG CHECKPOINT OUT.onnx
            [--evaluate [--limit N]] [--layers K] [--runs 30]
 """
 import argparse
-import numbers
 import os.path as osp
 
 import torch
@@ -23,7 +22,9 @@ from mmfalcon.deployment import (CALIBRATION_METHODS, OnnxRuntimeModule,
                                  calibration_inputs, check_onnx, evaluate,
                                  export_onnx, input_size_from_config,
                                  layer_errors, quantize_onnx)
-from mmfalcon.engine.cli import add_shape_argument, require_file, run
+from mmfalcon.engine.cli import (add_calib_images_argument,
+                                 add_evaluate_arguments, add_shape_argument,
+                                 print_test_metrics, require_file, run)
 from mmfalcon.fileio import add_trust_argument
 
 
@@ -36,15 +37,13 @@ def parse_args():
         '--fp32', help='where to write the float export (default: OUT with '
         '_fp32 before .onnx)')
     add_shape_argument(parser)
-    parser.add_argument('--calib-images', type=int, default=32,
-                        help='test images to calibrate on (default 32)')
+    add_calib_images_argument(
+        parser, help='test images to calibrate on (default 32)')
     parser.add_argument('--method', choices=CALIBRATION_METHODS,
                         default='minmax',
                         help='activation range calibration (default minmax)')
-    parser.add_argument('--evaluate', action='store_true',
-                        help='evaluate fp32 and INT8 on the test set')
-    parser.add_argument('--limit', type=int,
-                        help='evaluate the first LIMIT test images only')
+    add_evaluate_arguments(parser,
+                           help='evaluate fp32 and INT8 on the test set')
     parser.add_argument(
         '--layers', type=int, default=0, metavar='K',
         help='print the K nodes losing the most SQNR (on up to 4 '
@@ -59,9 +58,6 @@ def parse_args():
 def main():
     args = parse_args()
     require_file(args.checkpoint, 'checkpoint')
-    if args.calib_images < 1:
-        raise SystemExit(f'--calib-images: the number of calibration images '
-                         f'must be >= 1, got {args.calib_images}')
     if args.runs < 1:
         raise SystemExit(f'--runs must be >= 1, got {args.runs}')
     model = init_model(args.config, args.checkpoint, fuse=True)
@@ -88,11 +84,8 @@ def main():
 
     if args.evaluate:
         for name, runtime in runtimes.items():
-            metrics = evaluate(model, runtime, shape, args.limit)
-            # mmseg's metrics are numpy scalars, mmdet's Python floats
-            print(f'{name} on the test set: ' + ', '.join(
-                f'{k}: {float(v):.4f}' for k, v in metrics.items()
-                if isinstance(v, numbers.Real)))
+            print_test_metrics(
+                name, evaluate(model, runtime, shape, args.limit))
 
     if args.layers > 0:
         rows = layer_errors(fp32, args.out, calib[:4])
