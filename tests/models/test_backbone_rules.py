@@ -1,6 +1,8 @@
 """What FalconNet and ParC-Net share through ``FusableBackbone``: one rule
 for ``out_indices`` and ``frozen_stages``, and convs built from
 ``conv_cfg`` (mmcv's builders) with unchanged state-dict keys."""
+from functools import partial
+
 import pytest
 import torch
 import torch.nn as nn
@@ -109,15 +111,31 @@ def _convs(model):
     return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-@pytest.mark.parametrize('block', ['MetaLightBlock', 'InvertedResidual',
-                                   'FasterNetBlock', 'SandglassBlock'])
-def test_falconnet_conv_cfg_builds_every_conv(registered_conv, block,
-                                              randomize_bn):
-    model = FalconNet(arch='tiny', block=block, out_indices=(2, 3, 4),
-                      conv_cfg=dict(type=registered_conv)).eval()
+# (backbone, the name endings of the convs that keep conv_cfg's type when
+# fused: those with no norm after them, nothing to fold)
+CONV_CFG_BACKBONES = {
+    **{
+        f'FalconNet-{block}': (
+            partial(FalconNet, arch='tiny', block=block,
+                    out_indices=(2, 3, 4)),
+            # FasterNet's partial conv and projection
+            ('partial_conv', 'project') if block == 'FasterNetBlock' else ())
+        for block in ('MetaLightBlock', 'InvertedResidual', 'FasterNetBlock',
+                      'SandglassBlock')
+    },
+    # the ParC layers' 1x1 projection and their blocks' second FFN conv
+    'ParCNet': (partial(ParCNet, arch=PARC_TINY, out_indices=(4, 5)),
+                ('proj', 'ffn.2')),
+}
+
+
+@pytest.mark.parametrize('case', list(CONV_CFG_BACKBONES))
+def test_conv_cfg_builds_every_conv(registered_conv, case, randomize_bn):
+    build, kept = CONV_CFG_BACKBONES[case]
+    model = build(conv_cfg=dict(type=registered_conv)).eval()
     convs = _convs(model)
     assert convs and all(type(m) is _RegisteredConv for m in convs)
-    reference = FalconNet(arch='tiny', block=block, out_indices=(2, 3, 4))
+    reference = build()
     assert not any(isinstance(m, _RegisteredConv)
                    for m in reference.modules())
     # same keys and shapes: checkpoints load either way
@@ -131,38 +149,13 @@ def test_falconnet_conv_cfg_builds_every_conv(registered_conv, block,
         after = model(x)
     for b, a in zip(before, after):
         assert (b - a).abs().max().item() < 1e-4 * b.abs().max().item()
-    # the fused convs are plain nn.Conv2d; the FasterNet block's partial
-    # conv and projection (no BN after them, not fused) keep the type
-    kept = [m for name, m in model.named_modules()
-            if name.endswith(('partial_conv', 'project'))
-            and isinstance(m, _RegisteredConv)]
-    assert len([m for m in _convs(model) if type(m) is _RegisteredConv
-                ]) == len(kept)
-    assert bool(kept) == (block == 'FasterNetBlock')
+    # the fused convs are plain nn.Conv2d; only the unfused keep the type
+    left = [name for name, m in model.named_modules()
+            if type(m) is _RegisteredConv]
+    assert all(name.endswith(kept) for name in left), left
+    assert bool(left) == bool(kept)
     fused_reference = fuse_model(reference.eval())
     assert model.state_dict().keys() == fused_reference.state_dict().keys()
-
-
-def test_parcnet_conv_cfg_builds_every_conv(registered_conv, randomize_bn):
-    model = ParCNet(arch=PARC_TINY, out_indices=(4, 5),
-                    conv_cfg=dict(type=registered_conv)).eval()
-    convs = _convs(model)
-    assert convs and all(type(m) is _RegisteredConv for m in convs)
-    reference = ParCNet(arch=PARC_TINY, out_indices=(4, 5)).eval()
-    assert not any(isinstance(m, _RegisteredConv)
-                   for m in reference.modules())
-    assert {k: v.shape for k, v in model.state_dict().items()} == {
-        k: v.shape for k, v in reference.state_dict().items()}
-    randomize_bn(model)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        before = model(x)
-        fuse_model(model)
-        after = model(x)
-    for b, a in zip(before, after):
-        assert (b - a).abs().max().item() < 1e-4 * b.abs().max().item()
-    assert model.state_dict().keys() == fuse_model(
-        reference).state_dict().keys()
 
 
 def test_in_channels(randomize_bn):
