@@ -256,7 +256,7 @@ def test_describe_folding_counts_layers_by_reason():
 
 
 def test_falconnet_says_once_how_it_trains(logged):
-    """One line at the first training forward, again only when it changes:
+    """One line when set to train mode, again only when it changes:
     the layer counts and why layers run branch by branch."""
     x = torch.randn(2, 3, 32, 32)
 

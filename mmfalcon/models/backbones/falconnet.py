@@ -302,8 +302,8 @@ class FalconNet(FusableBackbone):
             for i in self.out_indices)
         self.out_stride = out_stride
         self.norm_eval = norm_eval
-        # the folding line is due at the next training forward
-        self._folding_due, self._folding_logged = True, None
+        # the folding line last logged (train() logs it when it changes)
+        self._folding_logged = None
         block_type, block_kwargs = self._parse_block(block)
         if block_type == 'MetaLightBlock':
             block_kwargs.update(fold_batch_stats=fold_batch_stats,
@@ -366,21 +366,21 @@ class FalconNet(FusableBackbone):
 
     def train(self, mode=True):
         super().train(mode)
-        self._folding_due = mode
+        if mode:
+            # here, not in forward: a log call in forward would break the
+            # graph torch.compile traces (compile=True in a config)
+            self._log_folding()
         return self
 
     def _log_folding(self):
         """Log how the layers train (:func:`describe_folding`), unless the
         same line was logged last."""
-        self._folding_due = False
         line = describe_folding(self, type(self).__name__)
         if line is not None and line != self._folding_logged:
             print_log(line, logger='current')
             self._folding_logged = line
 
     def forward(self, x):
-        if self.training and self._folding_due:
-            self._log_folding()
         x = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages):
