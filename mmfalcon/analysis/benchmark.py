@@ -14,6 +14,8 @@ class BenchmarkRow:
     params: Optional[int] = None
     flops: Optional[int] = None
     latency_ms: Optional[float] = None
+    # bytes one inference moves layer by layer (:func:`.traffic.onnx_traffic`)
+    traffic_mb: Optional[float] = None
     note: str = ''
     ratios: Dict[str, float] = field(default_factory=dict)
 
@@ -96,7 +98,8 @@ def ratio_spread(times: Dict[str, List[float]], name: str,
     ratios = [a / b for a, b in zip(times[name], times[ref])]
     if len(ratios) < 2:
         return (ratios[0], ) * 3
-    low, mid, high = statistics.quantiles(ratios, n=4)
+    # inclusive: quartiles within the observed ratios, also for few rounds
+    low, mid, high = statistics.quantiles(ratios, n=4, method='inclusive')
     return mid, low, high
 
 
@@ -153,7 +156,9 @@ def format_table(rows: List[BenchmarkRow], markdown: bool = False,
             row has a value there. Defaults to False.
     """
     ratio_names = sorted({k for r in rows for k in r.ratios})
-    header = ['model', 'params (M)', 'FLOPs (G)', 'median ms'] + ratio_names
+    traffic = any(r.traffic_mb is not None for r in rows)
+    header = ['model', 'params (M)', 'FLOPs (G)'] + (
+        ['MB moved'] if traffic else []) + ['median ms'] + ratio_names
     header.append('note')
 
     def fmt(value, scale=1.0, digits=3):
@@ -161,10 +166,10 @@ def format_table(rows: List[BenchmarkRow], markdown: bool = False,
 
     lines = []
     for r in rows:
-        lines.append([
-            r.name, fmt(r.params, 1e6), fmt(r.flops, 1e9),
-            fmt(r.latency_ms, digits=2)
-        ] + [fmt(r.ratios.get(k), digits=2) for k in ratio_names] + [r.note])
+        lines.append([r.name, fmt(r.params, 1e6), fmt(r.flops, 1e9)] + (
+            [fmt(r.traffic_mb, digits=1)] if traffic else []) +
+            [fmt(r.latency_ms, digits=2)] +
+            [fmt(r.ratios.get(k), digits=2) for k in ratio_names] + [r.note])
     if drop_empty:
         keep = [i for i, name in enumerate(header)
                 if name not in ('median ms', 'note') or any(

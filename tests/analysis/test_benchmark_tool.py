@@ -18,6 +18,7 @@ def table_rows(stdout):
 def test_benchmark_prints_a_complete_table(run_tool):
     out = run_tool('analysis/benchmark.py', '--runs', '1', '--warmup', '0',
                    '--sizes', '96', '--no-models')
+    assert out.stdout.splitlines()[1].startswith('PyTorch'), out.stdout
     rows = table_rows(out.stdout)
     for name in ('FalconNet unfused @96', 'FalconNet fused (matmul) @96',
                  'FalconNet fused (conv) @96',
@@ -64,23 +65,76 @@ def test_benchmark_train_rows(run_tool):
 
 
 @pytest.mark.slow
-def test_benchmark_onnx_rows(run_tool):
-    """--onnx: the fused rows exported and timed in ONNX Runtime, ratios
-    with their quartiles; no unfused rows (deployment runs fused), one
-    fused FalconNet row (the export picks the SF-Conv form itself)."""
-    out = run_tool('analysis/benchmark.py', '--onnx', '--runs', '2',
-                   '--warmup', '0', '--sizes', '96', '--no-models')
-    assert out.stdout.startswith('ONNX Runtime')
+def test_benchmark_compiled_train_rows(run_tool):
+    """--train --compile: FalconNet-base and ParC-Net-S also compiled, each
+    timed against its eager step, its compile time in the note (aot_eager
+    here: inductor's code generation takes minutes)."""
+    out = run_tool('analysis/benchmark.py', '--train', '--compile',
+                   'aot_eager', '--runs', '2', '--warmup', '0', '--sizes',
+                   '64', '--batch', '2')
+    rows = table_rows(out.stdout)
+    for name in ('FalconNet-base', 'ParC-Net-S os32'):
+        row = rows[f'{name}, torch.compile train @64 x2']
+        assert row[3] != '-', row
+        assert re.search(r'aot_eager, compiled in \d+ s; quartiles x eager '
+                         r'[\d.]+-[\d.]+, x MobileNetV2', row[-1]), row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('runtime,tag,header', [
+    ('onnxruntime', 'ORT', 'ONNX Runtime'),
+    ('openvino', 'OpenVINO', 'OpenVINO'),
+    ('ncnn', 'ncnn', 'ncnn'),
+])
+def test_benchmark_runtime_rows(run_tool, runtime, tag, header):
+    """--backend: the fused rows exported and timed in a deploy runtime,
+    ratios with their quartiles; no unfused rows (deployment runs fused),
+    one fused FalconNet row (the export picks the SF-Conv form itself);
+    the CPU and its vector ISA head the table."""
+    from mmfalcon.deployment.backends import (BackendNotInstalledError,
+                                              get_backend)
+    try:
+        get_backend(runtime).require()
+    except BackendNotInstalledError as exc:
+        pytest.skip(str(exc))
+    out = run_tool('analysis/benchmark.py', '--backend', runtime, '--runs',
+                   '2', '--warmup', '0', '--sizes', '96', '--no-models')
+    cpu, runtime_line = out.stdout.splitlines()[:2]
+    assert re.fullmatch(r'CPU: .+ \(.+\), \d+ logical cores; memory copy '
+                        r'bandwidth [\d.]+ GB/s', cpu), cpu
+    assert runtime_line.startswith(header), runtime_line
     rows = table_rows(out.stdout)
     assert not any('unfused' in name for name in rows), list(rows)
     assert [name for name in rows if name.startswith('FalconNet fused')
-            ] == ['FalconNet fused @96 ORT'], list(rows)
-    for name in ('FalconNet fused @96 ORT',
-                 'mmdet MobileNetV2 (4, 7) @96 ORT',
-                 'ParC-Net-S os32 fused @96 ORT'):
-        params, flops, latency = rows[name][1:4]
-        assert '-' not in (params, flops, latency), rows[name]
-    falcon = rows['FalconNet fused @96 ORT']
+            ] == [f'FalconNet fused @96 {tag}'], list(rows)
+    for name in ('FalconNet fused', 'mmdet MobileNetV2 (4, 7)',
+                 'ParC-Net-S os32 fused'):
+        row = rows[f'{name} @96 {tag}']
+        assert '-' not in row[1:5], row  # params, FLOPs, MB moved, ms
+    falcon = rows[f'FalconNet fused @96 {tag}']
     assert 'quartiles x MobileNetV2' in falcon[-1], falcon
-    vit = rows['MobileViT-S @96 ORT']
-    assert 'unavailable' in vit[-1] or '-' not in vit[1:4], vit
+    vit = rows[f'MobileViT-S @96 {tag}']
+    assert 'unavailable' in vit[-1] or '-' not in vit[1:5], vit
+
+
+@pytest.mark.slow
+def test_benchmark_whole_ssdlite_rows(run_tool):
+    """At 320 the whole SSDLite-FalconNet is timed against mmdet's own
+    SSDLite-MobileNetV2, both fused, in ONNX Runtime (the --onnx
+    spelling)."""
+    out = run_tool('analysis/benchmark.py', '--onnx', '--runs', '2',
+                   '--warmup', '0', '--sizes', '320')
+    rows = table_rows(out.stdout)
+    peer = rows['mmdet SSDLite-MobileNetV2 @320 ORT']
+    assert '-' not in peer[1:5], peer
+    falcon = rows['ssdlite_falcon_coco fused @320 ORT']
+    assert 'quartiles x SSDLite-MobileNetV2' in falcon[-1], falcon
+
+
+def test_benchmark_refuses_what_does_not_combine(run_tool):
+    out = run_tool('analysis/benchmark.py', '--train', '--backend', 'ncnn',
+                   ok=False)
+    assert '--train runs in PyTorch; got --backend ncnn' in out.stderr
+    out = run_tool('analysis/benchmark.py', '--compile', ok=False)
+    assert '--compile inductor times training steps: add --train' \
+        in out.stderr

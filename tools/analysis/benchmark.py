@@ -3,11 +3,16 @@
 Models of one input size are timed in the same process, interleaved, so
 the ratios are meaningful on a shared, noisy machine; absolute times are
 not. Usage: python tools/analysis/benchmark.py [--runs 30] [--markdown]
-[--sizes 320 512] [--no-models] [--onnx] [--train [--batch 8]]
+[--sizes 320 512] [--no-models] [--backend pytorch|onnxruntime|openvino|
+ncnn] [--train [--batch 8] [--compile [BACKEND]]]
 
---train times training steps (forward + backward, batch 8) of the unfused
-backbones and their peers instead. --onnx times the same models in ONNX Runtime instead, each exported as
-tools/deployment/export_onnx.py exports (fused models fused first).
+--backend times the same rows in a deploy runtime instead of PyTorch: each
+fused model exported as tools/deployment/export.py exports it (fp32), one
+session or compiled model per row, idle threads not spinning. --train
+times training steps (forward + backward, batch 8) of the unfused
+backbones and their peers instead; --compile adds FalconNet-base and
+ParC-Net-S compiled by torch.compile. The CPU's model and vector ISA head
+the output: ratios move by half between CPUs.
 """
 import argparse
 import copy
@@ -18,9 +23,11 @@ import torch
 from mmengine.config import Config
 
 import mmfalcon
-from mmfalcon.analysis import (format_table, latency_samples, timed_rows,
+from mmfalcon.analysis import (describe_cpu, format_table, latency_samples,
+                               memory_bandwidth, onnx_traffic, timed_rows,
                                train_step_samples)
-from mmfalcon.deployment import OnnxRuntimeModule, export_module
+from mmfalcon.deployment import export_module
+from mmfalcon.deployment.backends import BACKENDS, get_backend
 from mmfalcon.deployment.wrapper import TensorForward, input_size_from_config
 from mmfalcon.apis import init_model
 from mmfalcon.models import FalconNet, ParCNet
@@ -28,6 +35,23 @@ from mmfalcon.models import FalconNet, ParCNet
 CONFIGS = ('ssdlite_falcon_coco.py', 'ssdlite_parcnet_coco.py',
            'deeplabv3_falcon_voc.py', 'deeplabv3_parcnet_voc.py')
 CONFIG_DIR = osp.join(osp.dirname(__file__), '..', '..', 'configs')
+# mmdet's own SSDLite-MobileNetV2, the whole-model peer of SSDLite-FalconNet
+MMDET_SSDLITE = 'ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py'
+RUNTIMES = ('pytorch', ) + tuple(BACKENDS)
+# appended to the row names of each runtime
+# runtime -> (its name, the module giving its version, how it runs)
+RUNTIME_NAMES = dict(
+    pytorch=('PyTorch', 'torch', 'eager'),
+    onnxruntime=('ONNX Runtime', 'onnxruntime', 'CPU provider, fp32'),
+    openvino=('OpenVINO', 'openvino', 'CPU plugin, f32 inference precision'),
+    ncnn=('ncnn', 'ncnn', 'fp32: fp16 and bf16 storage off'))
+RUNTIME_TAGS = dict(pytorch='', onnxruntime=' ORT', openvino=' OpenVINO',
+                    ncnn=' ncnn')
+
+
+# Peers run fused too (their conv + BN pairs folded), as every runtime and
+# tools/deployment/export.py run them.
+PEER_NOTE = 'BN folded (fuse_model)'
 
 
 def fused(model):
@@ -148,95 +172,143 @@ def backbones_at(size, sfconv_impls=('matmul', 'conv')):
         rows += pair(f'ParC-Net-S os{out_stride}',
                      evaluated(ParCNet(arch='s', out_indices=(4, 5),
                                        out_stride=out_stride)), vs_vit)
-    rows.append(('MobileViT-S', vit, vit_note, []))
+    rows.append(('MobileViT-S', vit and fused(vit),
+                 f'{vit_note}; {PEER_NOTE}' if vit else vit_note, []))
     if size <= 320:
         from mmdet.models.backbones import MobileNetV2
         vs_mnv2 = [('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')]
         falconnet, forms = falconnet_forms(sfconv_impls, out_indices=(2, 3))
         rows = pair('FalconNet', falconnet, vs_mnv2, forms) + [
             ('mmdet MobileNetV2 (4, 7)',
-             evaluated(MobileNetV2(out_indices=(4, 7))), '', [])] + rows
+             fused(MobileNetV2(out_indices=(4, 7))), PEER_NOTE, [])] + rows
     else:
         from mmseg.models.backbones import MobileNetV2
         vs_mnv2 = [('x MobileNetV2', 'mmseg MobileNetV2 os8')]
         rows = pair('FalconNet os8',
                     evaluated(FalconNet(out_indices=(2, 3), out_stride=8)),
                     vs_mnv2) + [
-            ('mmseg MobileNetV2 os8', evaluated(MobileNetV2(
+            ('mmseg MobileNetV2 os8', fused(MobileNetV2(
                 strides=(1, 2, 2, 1, 1, 1, 1),
                 dilations=(1, 1, 1, 2, 2, 4, 4),
-                out_indices=(1, 2, 4, 6))), '', [])] + rows
+                out_indices=(1, 2, 4, 6))), PEER_NOTE, [])] + rows
     return rows
 
 
+def mmdet_config(name):
+    """The path of one of mmdet's own configs in its installed package."""
+    import mmdet
+    return osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs', name)
+
+
 def models_at(size):
-    """Whole models (tensor forward) of the configs whose input is size."""
-    rows = []
+    """Whole models (tensor forward) of the configs whose input is size;
+    the SSDLite ones with their ratio to mmdet's own SSDLite-MobileNetV2
+    (fused, as export.py fuses it) when that takes the same input."""
+    rows, peer = [], []
+    cfg = Config.fromfile(mmdet_config(MMDET_SSDLITE))
+    if input_size_from_config(cfg)[0] == size:
+        peer = [('mmdet SSDLite-MobileNetV2',
+                 fused(TensorForward(init_model(cfg, fuse=False))),
+                 f'{MMDET_SSDLITE}; {PEER_NOTE}', [])]
     for name in CONFIGS:
         cfg = Config.fromfile(osp.join(CONFIG_DIR, name))
         if input_size_from_config(cfg)[0] != size:
             continue
+        refs = [('x SSDLite-MobileNetV2', 'mmdet SSDLite-MobileNetV2')
+                ] if peer and name.startswith('ssdlite') else []
         model = TensorForward(init_model(cfg, fuse=False))
-        rows += pair(osp.splitext(osp.basename(name))[0], evaluated(model))
-    return rows
+        rows += pair(osp.splitext(osp.basename(name))[0], evaluated(model),
+                     refs)
+    return rows + peer
 
 
-def onnx_rows(entries, shape, warmup, runs):
-    """The rows of ``entries`` timed in ONNX Runtime, interleaved: each
-    model exported like tools/deployment/export_onnx.py does (fixed input
-    shape, opset 17) and run by onnxruntime's CPU provider at the same
-    thread count. Params and FLOPs are the PyTorch model's. A ratio is the
-    median of the per-round ratios, its quartiles in the note; a model
-    that does not export is unavailable, with the reason."""
+def runtime_rows(entries, shape, warmup, runs, runtime, threads):
+    """The fused rows of ``entries`` timed in a deploy runtime (a key of
+    :data:`~mmfalcon.deployment.backends.BACKENDS`), interleaved: each
+    model exported in fp32 for the fixed input ``shape`` as
+    tools/deployment/export.py exports it, one loaded model per row, on
+    ``threads`` threads. Params and FLOPs are the PyTorch model's; "MB
+    moved" the bytes one inference of the float graph reads and writes
+    layer by layer (:func:`~mmfalcon.analysis.onnx_traffic`). A model that
+    does not export is unavailable, with the reason."""
     import tempfile
-    size = shape[-1]
+    backend = get_backend(runtime, threads)
+    backend.require()  # a missing package once, with its pip command
     # deployment runs fused models only (an unfused ParC-Net does not
     # export: its kernels are resized to the input inside the graph)
     entries = [entry for entry in entries
                if not entry[0].endswith(' unfused')]
-    runtimes, notes = {}, {}
+    loaded, notes, traffic = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, model, note, _) in enumerate(entries):
             notes[name] = note
             if model is None:
                 continue
-            path = osp.join(tmp, f'{i}.onnx')
+            out = osp.join(tmp, str(i))
             try:
-                export_module(model, shape, path)
-                runtimes[name] = OnnxRuntimeModule(path)
+                # the graph every backend converts, for its bytes
+                export_module(model, shape, out + '.float.onnx')
+                traffic[name] = onnx_traffic(out + '.float.onnx')['total']
+                backend.export_module(model, shape, out)
+                loaded[name] = backend.load(out)
             except Exception as exc:  # noqa: BLE001 - reported in the row
-                notes[name] = f'unavailable: ONNX export failed ({exc!r:.80})'
-        times = latency_samples(runtimes, shape, warmup, runs)
-    return timed_rows(entries, times, f' @{size} ORT', shape, notes)
+                notes[name] = (f'unavailable: {runtime} export failed '
+                               f'({exc!r:.80})')
+        times = latency_samples(loaded, shape, warmup, runs)
+    suffix = f' @{shape[-1]}{RUNTIME_TAGS[runtime]}'
+    rows = timed_rows(entries, times, suffix, shape, notes)
+    for (name, *_), row in zip(entries, rows):
+        if name in loaded:
+            row.traffic_mb = traffic[name] / 1e6
+    return rows
 
 
-def train_rows(size, batch, warmup, runs):
+def train_rows(size, batch, warmup, runs, compile_backend=None):
     """Training-step rows (forward + backward, train mode, batch ``batch``)
     of the unfused backbones and their peers, interleaved; FalconNet also
     with its branches run one by one instead of folded by batch
-    statistics."""
+    statistics. With a ``compile_backend`` (``'inductor'``, torch.compile's
+    default), FalconNet-base and ParC-Net-S also compiled by it (as
+    ``compile=True`` in a config compiles them), their compile time (the
+    first step) in the note."""
     from mmdet.models.backbones import MobileNetV2
     vit, vit_note = mobilevit_s()
-    parc_out_stride = 32 if size <= 320 else 16
-    branches = FalconNet(out_indices=(2, 3), fold_batch_stats=False)
+    parc = f'ParC-Net-S os{32 if size <= 320 else 16}'
+    vs_mnv2 = ('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')
     entries = [
-        ('FalconNet-base', FalconNet(out_indices=(2, 3)), '',
-         [('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')]),
-        ('FalconNet-base, branches one by one', branches,
-         'fold_batch_stats=False',
-         [('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)'),
-          ('x folded', 'FalconNet-base')]),
-        (f'ParC-Net-S os{parc_out_stride}',
-         ParCNet(arch='s', out_indices=(4, 5), out_stride=parc_out_stride),
-         '', [('x MobileNetV2', 'mmdet MobileNetV2 (4, 7)')] +
-         ([('x MobileViT-S', 'MobileViT-S')] if vit else [])),
+        ('FalconNet-base', FalconNet(out_indices=(2, 3)), '', [vs_mnv2]),
+        ('FalconNet-base, branches one by one',
+         FalconNet(out_indices=(2, 3), fold_batch_stats=False),
+         'fold_batch_stats=False', [vs_mnv2, ('x folded', 'FalconNet-base')]),
+        (parc, ParCNet(arch='s', out_indices=(4, 5),
+                       out_stride=32 if size <= 320 else 16), '',
+         [vs_mnv2] + ([('x MobileViT-S', 'MobileViT-S')] if vit else [])),
         ('mmdet MobileNetV2 (4, 7)', MobileNetV2(out_indices=(4, 7)), '', []),
         ('MobileViT-S', vit, vit_note, []),
     ]
     shape = (batch, 3, size, size)
+    if compile_backend:
+        models = {name: model for name, model, _, _ in entries}
+        for name in ('FalconNet-base', parc):
+            compiled = torch.compile(copy.deepcopy(models[name]),
+                                     backend=compile_backend)
+            first = train_step_samples({name: compiled}, shape, 0, 1)[name]
+            entries.append((
+                f'{name}, torch.compile', compiled,
+                f'{compile_backend}, compiled in {first[0] / 1e3:.0f} s',
+                [('x eager', name), vs_mnv2]))
     available = {name: m for name, m, _, _ in entries if m is not None}
     times = train_step_samples(available, shape, warmup, runs)
     return timed_rows(entries, times, f' train @{size} x{batch}')
+
+
+def runtime_description(runtime):
+    """``'ONNX Runtime 1.23.2 (CPU provider, fp32)'``: name, version, how
+    it runs (a key of :data:`RUNTIME_NAMES`)."""
+    import importlib
+    name, module, how = RUNTIME_NAMES[runtime]
+    version = getattr(importlib.import_module(module), '__version__', '')
+    return f'{name} {version} ({how})'
 
 
 def main():
@@ -247,45 +319,65 @@ def main():
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--no-models', action='store_true',
                         help='backbones only, not the configs\' models')
-    parser.add_argument('--onnx', action='store_true',
-                        help='time the models in ONNX Runtime (exported '
-                        'as export_onnx.py does) instead of PyTorch')
+    parser.add_argument('--backend', choices=RUNTIMES, default='pytorch',
+                        help='the runtime the fused models run in (each '
+                        'exported in fp32 as export.py exports it)')
+    parser.add_argument('--onnx', action='store_const', const='onnxruntime',
+                        dest='backend', help='the same as --backend '
+                        'onnxruntime')
     parser.add_argument('--train', action='store_true',
                         help='training steps (forward + backward) of the '
-                        'backbones instead of inference')
+                        'backbones in PyTorch instead of inference')
+    parser.add_argument('--compile', nargs='?', const='inductor',
+                        metavar='BACKEND',
+                        help='with --train: FalconNet-base and ParC-Net-S '
+                        'also compiled by torch.compile with BACKEND '
+                        '(default inductor)')
     parser.add_argument('--batch', type=int, default=8,
                         help='batch of --train (inference is batch 1)')
     parser.add_argument('--markdown', action='store_true')
     args = parser.parse_args()
+    if args.train and args.backend != 'pytorch':
+        parser.error(f'--train runs in PyTorch; got --backend '
+                     f'{args.backend}')
+    if args.compile and not args.train:
+        parser.error(f'--compile {args.compile} times training steps: add '
+                     '--train')
     if args.threads:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     table = []
     for size in args.sizes:
         if args.train:
-            table += train_rows(size, args.batch, args.warmup, args.runs)
+            table += train_rows(size, args.batch, args.warmup, args.runs,
+                                args.compile)
             continue
         shape = (1, 3, size, size)
-        entries = backbones_at(size, (None, ) if args.onnx else
-                               ('matmul', 'conv'))
+        entries = backbones_at(size, ('matmul', 'conv')
+                               if args.backend == 'pytorch' else (None, ))
         if not args.no_models:
             entries += models_at(size)
-        if args.onnx:
-            table += onnx_rows(entries, shape, args.warmup, args.runs)
+        if args.backend != 'pytorch':
+            table += runtime_rows(entries, shape, args.warmup, args.runs,
+                                  args.backend, threads)
             continue
         available = {name: m for name, m, _, _ in entries if m is not None}
         times = latency_samples(available, shape, args.warmup, args.runs)
         table += timed_rows(entries, times, f' @{size}', shape)
+    print(f'CPU: {describe_cpu()}' + (
+        '' if args.train or args.backend == 'pytorch' else
+        f'; memory copy bandwidth {memory_bandwidth():.1f} GB/s'))
     if args.train:
         print(f'Training step (train mode, forward + backward of the sum of '
-              f'the outputs\' means), batch {args.batch}, '
-              f'{torch.get_num_threads()} threads, median of {args.runs} '
-              f'interleaved rounds after {args.warmup} warm-up rounds; '
-              'ratios are medians of per-round ratios.')
+              f'the outputs\' means), batch {args.batch}, {threads} '
+              f'threads, median of {args.runs} interleaved rounds after '
+              f'{args.warmup} warm-up rounds; ratios are medians of '
+              'per-round ratios.')
     else:
-        print(('ONNX Runtime (CPU provider), ' if args.onnx else '') +
-              f'Batch 1, {torch.get_num_threads()} threads, median of '
-              f'{args.runs} interleaved rounds after {args.warmup} warm-up '
-              'rounds; ratios are medians of per-round ratios.')
+        print(f'{runtime_description(args.backend)}, batch 1, {threads} '
+              f'threads, median of {args.runs} interleaved rounds after '
+              f'{args.warmup} warm-up rounds; ratios are medians of '
+              'per-round ratios.')
     print(format_table(table, markdown=args.markdown))
 
 

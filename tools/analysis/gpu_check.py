@@ -84,7 +84,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from mmfalcon.analysis import interleaved_times, ratio_spread
+from mmfalcon.analysis import (describe_cpu, interleaved_times,
+                               ratio_spread)
 from mmfalcon.models import FalconNet, ParCNet, fuse_model
 from mmfalcon.models.layers import RefCO, RepSO
 
@@ -112,17 +113,10 @@ INFERENCE_TARGET = 0.6
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model name as lscpu prints it."""
+    """The GPU's name, or the CPU's model and vector ISA."""
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return describe_cpu()
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import os.path as osp
-import platform
 import tempfile
 import time
 
@@ -24,6 +23,7 @@ from mmdet.datasets import CocoDataset
 from mmengine.config import Config
 from mmengine.registry import DATASETS, init_default_scope
 
+from mmfalcon.analysis import describe_cpu
 from mmfalcon.engine.cli import check_built_dataset, check_data_paths
 
 SPLITS = ('train', 'val')
@@ -64,18 +64,6 @@ def write_split(root, split, num_images, boxes_per_image, rng):
     return len(annotations)
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--config', default=osp.join(
@@ -112,7 +100,7 @@ def main():
                 del dataset
         finally:
             os.chdir(cwd)
-    print(f'CPU: {cpu_model()}, {os.cpu_count()} logical cores')
+    print(f'CPU: {describe_cpu()}')
     print(f"mmdet's dataset build (train + val): {build:.2f} s")
     print(f'added by tools/train.py\'s checks: {added:.3f} s '
           f'({100 * added / build:.1f}% of the build)')

@@ -9,12 +9,12 @@ import os.path as osp
 import re
 import tempfile
 from importlib import import_module
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch.nn as nn
 
-from ..onnx import export_onnx
+from ..onnx import export_module, export_onnx
 from ..runtime import RuntimeModule
 
 PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
@@ -137,7 +137,9 @@ class Backend:
         """Export a fused detector / segmentor for one input shape.
 
         Args:
-            model (nn.Module): The fused model (not changed).
+            model (nn.Module): The fused model (not changed); its tensor
+                forward is exported (:func:`~mmfalcon.deployment.
+                export_onnx`).
             shape (Sequence[int]): Input shape ``(N, C, H, W)``.
             out (str): Output prefix or model file (:meth:`files`).
             precision (str): One of :attr:`precisions`. Defaults to
@@ -150,6 +152,31 @@ class Backend:
         Returns:
             list[str]: The files written.
         """
+        return self._export(
+            lambda path: export_onnx(model, shape, path), shape, out,
+            precision, calibration)
+
+    def export_module(self, module: nn.Module, shape: Sequence[int],
+                      out: str, precision: str = 'fp32',
+                      calibration: Optional[Sequence[np.ndarray]] = None
+                      ) -> List[str]:
+        """Export any fused module that maps one image tensor to tensors,
+        e.g. a bare backbone (:func:`~mmfalcon.deployment.export_module`);
+        arguments as :meth:`export`.
+
+        Returns:
+            list[str]: The files written.
+        """
+        return self._export(
+            lambda path: export_module(module, shape, path), shape, out,
+            precision, calibration)
+
+    def _export(self, write_onnx: Callable[[str], object],
+                shape: Sequence[int], out: str, precision: str,
+                calibration: Optional[Sequence[np.ndarray]]) -> List[str]:
+        """Write the float ONNX file with ``write_onnx(path)`` into a
+        temporary folder and :meth:`convert` it into :meth:`files` of
+        ``out``; nothing half-converted is left behind on an error."""
         self.require(precision)
         if precision == 'int8' and not calibration:
             raise ValueError(f'{self.name} INT8 export needs calibration '
@@ -160,11 +187,11 @@ class Backend:
             os.makedirs(directory, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = osp.join(tmp, 'fp32.onnx')
-            export_onnx(model, shape, onnx_path)
+            write_onnx(onnx_path)
             try:
                 self.convert(onnx_path, paths, shape, precision, calibration)
             except BaseException:
-                for path in paths:  # no half-converted model left behind
+                for path in paths:
                     if osp.isfile(path):
                         os.remove(path)
                 raise
