@@ -11,6 +11,7 @@ ONNX Runtime runs fastest (:mod:`mmfalcon.deployment.sfconv_form`); both
 on a copy of the model.
 """
 import copy
+import functools
 import warnings
 from importlib import import_module
 from typing import Callable, Dict, List, Optional, Sequence
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from mmfalcon.models.layers.sfconv import FactorizedPointwise
 from .runtime import RuntimeModule, relative_error
-from .sfconv_form import sfconv_export_form
+from .sfconv_form import check_sfconv_form, sfconv_export_form
 from .wrapper import TensorForward, _flatten
 
 DEFAULT_OPSET = 17
@@ -79,27 +80,31 @@ class _ExplicitPadConv2d(nn.Module):
 
 
 def _export_form(
-        module: nn.Module) -> Optional[Callable[[nn.Module], nn.Module]]:
+        module: nn.Module,
+        sfconv_form: str = 'auto'
+) -> Optional[Callable[[nn.Module], nn.Module]]:
     """What builds the module that ``module`` is exported as, or None when
     it is exported as it is: a zero-padded ``padding='same'`` conv as
-    explicit padding, a fused SF-Conv pair in ONNX Runtime's fast form."""
+    explicit padding, a fused SF-Conv pair in the form ``sfconv_form``
+    (:func:`~.sfconv_form.sfconv_export_form`)."""
     if isinstance(module, nn.Conv2d) and module.padding == 'same' and (
             module.padding_mode == 'zeros'):
         return _ExplicitPadConv2d
     if isinstance(module, FactorizedPointwise):
-        return sfconv_export_form
+        return functools.partial(sfconv_export_form, form=sfconv_form)
     return None
 
 
-def _for_export(model: nn.Module) -> nn.Module:
+def _for_export(model: nn.Module, sfconv_form: str = 'auto') -> nn.Module:
     """A copy of ``model`` with every module that has an export form
     (:func:`_export_form`) replaced by it; ``model`` itself when none has.
     The caller's model is never changed."""
+    check_sfconv_form(sfconv_form)
     if all(_export_form(m) is None for m in model.modules()):
         return model
     model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):
-        form = _export_form(module)
+        form = _export_form(module, sfconv_form)
         if form is not None and not name:  # the model itself
             return form(module)
         if form is not None:
@@ -110,8 +115,8 @@ def _for_export(model: nn.Module) -> nn.Module:
 
 def export_module(module: nn.Module, shape: Sequence[int], path: str,
                   opset: int = DEFAULT_OPSET,
-                  output_names: Optional[List[str]] = None
-                  ) -> Dict[str, list]:
+                  output_names: Optional[List[str]] = None,
+                  sfconv_form: str = 'auto') -> Dict[str, list]:
     """Export any module that maps one image tensor to a tensor or (nested)
     tuples of tensors, e.g. a bare backbone, for a fixed input shape.
 
@@ -125,12 +130,15 @@ def export_module(module: nn.Module, shape: Sequence[int], path: str,
         opset (int): ONNX opset version. Defaults to 17.
         output_names (list[str], optional): One name per flattened output.
             Defaults to ``output0, output1, ...``.
+        sfconv_form (str): The form of the fused SF-Conv pairs, one of
+            :data:`~.sfconv_form.SFCONV_FORMS`. Defaults to ``'auto'``.
 
     Returns:
         dict: ``input_names`` and ``output_names`` of the exported graph.
     """
     onnx = _require('onnx')
     _check_shape(shape)
+    check_sfconv_form(sfconv_form)
     module.eval()
     x = _example(shape)
     input_names = ['input']
@@ -150,7 +158,7 @@ def export_module(module: nn.Module, shape: Sequence[int], path: str,
             'ignore', message='You are using the legacy TorchScript',
             category=DeprecationWarning)
         torch.onnx.export(
-            _for_export(module), (x, ), path, dynamo=False,
+            _for_export(module, sfconv_form), (x, ), path, dynamo=False,
             opset_version=opset, input_names=input_names,
             output_names=output_names, do_constant_folding=True)
     onnx.checker.check_model(onnx.load(path))
@@ -158,7 +166,8 @@ def export_module(module: nn.Module, shape: Sequence[int], path: str,
 
 
 def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
-                opset: int = DEFAULT_OPSET) -> Dict[str, list]:
+                opset: int = DEFAULT_OPSET,
+                sfconv_form: str = 'auto') -> Dict[str, list]:
     """Export the tensor forward of ``model`` for a fixed input shape.
 
     Args:
@@ -169,6 +178,8 @@ def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
             (normalized) images.
         path (str): The ``.onnx`` file to write.
         opset (int): ONNX opset version. Defaults to 17.
+        sfconv_form (str): The form of the fused SF-Conv pairs, one of
+            :data:`~.sfconv_form.SFCONV_FORMS`. Defaults to ``'auto'``.
 
     Returns:
         dict: ``input_names`` and ``output_names`` of the exported graph
@@ -179,7 +190,7 @@ def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
     model.eval()
     wrapper = TensorForward(model).eval()
     return export_module(wrapper, shape, path, opset,
-                         wrapper.output_names(_example(shape)))
+                         wrapper.output_names(_example(shape)), sfconv_form)
 
 
 class OnnxRuntimeModule(RuntimeModule):

@@ -14,6 +14,7 @@ ONNX Runtime blocks: the pair with block-aligned groups
 (:class:`BlockAlignedPointwise`) or one dense 1x1 conv
 (:class:`DensePointwise`).
 """
+import copy
 from typing import Optional, Tuple
 
 import torch
@@ -21,6 +22,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmfalcon.models.layers.sfconv import FactorizedPointwise
+
+# The forms a fused SF-Conv pair can be exported in
+# (:func:`sfconv_export_form`): the cost rule, block-aligned grouped convs
+# everywhere, one dense conv everywhere, the pair's own grouped convs with
+# the shuffle, or its MatMul form. All compute the same function.
+SFCONV_FORMS = ('auto', 'aligned', 'dense', 'grouped', 'matmul')
 
 # ONNX Runtime's NCHWc block on AVX-512 CPUs; a multiple of AVX2's 8, so
 # merged groups are aligned there too.
@@ -157,8 +164,9 @@ class DensePointwise(nn.Module):
             first, bias1 = first[shuffle], fused.bias1.double()[shuffle]
             weight = second @ first
             bias = second @ bias1 + fused.bias2.double()
-        self.weight = _frozen(weight.float()[..., None, None])
-        self.bias = _frozen(bias.float())
+        dtype = fused.weight1.dtype  # the pair's, float32 for export
+        self.weight = _frozen(weight.to(dtype)[..., None, None])
+        self.bias = _frozen(bias.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias)
@@ -178,9 +186,22 @@ def _merges(fused: FactorizedPointwise,
 DENSE_COST_RATIO = 2
 
 
+def check_sfconv_form(form: str) -> None:
+    """Refuse a ``form`` that is not one of :data:`SFCONV_FORMS`."""
+    if form not in SFCONV_FORMS:
+        raise ValueError(f'SF-Conv export form {form!r}: expected one of '
+                         f'{SFCONV_FORMS}')
+
+
 def sfconv_export_form(fused: FactorizedPointwise,
-                       block: int = NCHWC_BLOCK) -> nn.Module:
-    """The form a fused SF-Conv pair is exported in, by this rule:
+                       block: int = NCHWC_BLOCK,
+                       form: str = 'auto') -> nn.Module:
+    """The module a fused SF-Conv pair is exported as.
+
+    ``form`` (one of :data:`SFCONV_FORMS`) picks it: ``'aligned'``
+    :class:`BlockAlignedPointwise`, ``'dense'`` :class:`DensePointwise`,
+    ``'grouped'`` / ``'matmul'`` a copy of the pair running its own
+    ``impl='conv'`` / ``'matmul'`` form; ``'auto'`` by this rule:
 
     * :class:`DensePointwise` where its C_in * C_out multiply-adds are at
       most :data:`DENSE_COST_RATIO` times those of the block-aligned pair
@@ -189,26 +210,36 @@ def sfconv_export_form(fused: FactorizedPointwise,
       of the pair (they would stay slow NCHW grouped convs);
     * :class:`BlockAlignedPointwise` otherwise.
 
-    In FalconNet-base (R=2, expansion 4) the dense conv is chosen for the
-    first stage (32 <-> 128 channels) only, in FalconNet-tiny for the
+    In FalconNet-base (R=2, expansion 4) the rule picks the dense conv for
+    the first stage (32 <-> 128 channels) only, in FalconNet-tiny for the
     first two. Latency of fused FalconNet-base over MobileNetV2's (mmdet's
     at 320, mmseg's os8 at 512) in onnxruntime 1.32, batch 1, 2 threads,
     on an idle AVX-512 Xeon: this rule 0.85 at 320 and 0.63 at 512; the
     MatMul form (PyTorch's) 1.29 and 0.99; at 512 the block-aligned pair
     everywhere 0.64-0.69, grouped convs + shuffle without merging 0.77,
     and one dense conv everywhere 1.4 (on a loaded 2-core AMD machine).
+    Each runtime's choice: :attr:`~mmfalcon.deployment.backends.Backend.
+    sfconv_form`.
 
     Args:
         fused (FactorizedPointwise): The fused pair (not changed).
         block (int): ONNX Runtime's channel block to align to. Defaults to
             :data:`NCHWC_BLOCK`.
+        form (str): One of :data:`SFCONV_FORMS`. Defaults to ``'auto'``.
 
     Returns:
         nn.Module: The export form, computing the same as ``fused``.
     """
     _check_pair(fused)
+    check_sfconv_form(form)
+    if form in ('grouped', 'matmul'):
+        pair = copy.deepcopy(fused)
+        pair.impl = 'conv' if form == 'grouped' else 'matmul'
+        return pair
+    if form == 'aligned':
+        return BlockAlignedPointwise(fused, block)
     merge1, merge2 = _merges(fused, block)
-    if merge1 is None or merge2 is None:
+    if form == 'dense' or merge1 is None or merge2 is None:
         return DensePointwise(fused)
     hidden = fused.groups * fused.positions
     in_channels = fused.groups * fused.window

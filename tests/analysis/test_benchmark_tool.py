@@ -131,10 +131,31 @@ def test_benchmark_whole_ssdlite_rows(run_tool):
     assert 'quartiles x SSDLite-MobileNetV2' in falcon[-1], falcon
 
 
+@pytest.mark.slow
+def test_benchmark_sfconv_form_rows(run_tool):
+    """--sfconv-forms: a row per export form of every model with fused
+    SF-Conv pairs, each timed against the first form; other rows once."""
+    out = run_tool('analysis/benchmark.py', '--backend', 'onnxruntime',
+                   '--sfconv-forms', 'auto', 'dense', '--runs', '2',
+                   '--warmup', '0', '--sizes', '96', '--no-models')
+    rows = table_rows(out.stdout)
+    auto = rows['FalconNet fused (auto) @96 ORT']
+    dense = rows['FalconNet fused (dense) @96 ORT']
+    assert 'SF-Conv as auto' in auto[-1] and 'x auto' not in auto[-1]
+    assert 'SF-Conv as dense; quartiles x MobileNetV2' in dense[-1], dense
+    assert 'x auto' in dense[-1], dense
+    # the dense form moves more bytes than the cost rule's
+    assert float(dense[3]) > float(auto[3]), (auto, dense)
+    assert 'ParC-Net-S os32 fused @96 ORT' in rows
+
+
 def test_benchmark_refuses_what_does_not_combine(run_tool):
     out = run_tool('analysis/benchmark.py', '--train', '--backend', 'ncnn',
                    ok=False)
     assert '--train runs in PyTorch; got --backend ncnn' in out.stderr
+    out = run_tool('analysis/benchmark.py', '--sfconv-forms', 'dense',
+                   ok=False)
+    assert '--sfconv-forms are export forms: add --backend' in out.stderr
     out = run_tool('analysis/benchmark.py', '--compile', ok=False)
     assert '--compile inductor times training steps: add --train' \
         in out.stderr

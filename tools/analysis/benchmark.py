@@ -28,9 +28,11 @@ from mmfalcon.analysis import (describe_cpu, format_table, latency_samples,
                                train_step_samples)
 from mmfalcon.deployment import export_module
 from mmfalcon.deployment.backends import BACKENDS, get_backend
+from mmfalcon.deployment.sfconv_form import SFCONV_FORMS
 from mmfalcon.deployment.wrapper import TensorForward, input_size_from_config
 from mmfalcon.apis import init_model
 from mmfalcon.models import FalconNet, ParCNet
+from mmfalcon.models.layers.sfconv import FactorizedPointwise
 
 CONFIGS = ('ssdlite_falcon_coco.py', 'ssdlite_parcnet_coco.py',
            'deeplabv3_falcon_voc.py', 'deeplabv3_parcnet_voc.py')
@@ -222,32 +224,57 @@ def models_at(size):
     return rows + peer
 
 
-def runtime_rows(entries, shape, warmup, runs, runtime, threads):
+def with_sfconv_forms(entries, forms):
+    """``entries`` with each row of a model holding fused SF-Conv pairs
+    repeated once per export form in ``forms`` (named ``'NAME (form)'``,
+    timed against the first form's row too), as ``(entry, form)`` pairs;
+    ``None``: the runtime's own form."""
+    rows = []
+    for name, model, note, refs in entries:
+        if len(forms) < 2 or model is None or not any(
+                isinstance(m, FactorizedPointwise) for m in model.modules()):
+            rows.append(((name, model, note, refs), forms[0]))
+            continue
+        first = f'{name} ({forms[0]})'
+        for form in forms:
+            ratio = [] if form == forms[0] else [(f'x {forms[0]}', first)]
+            form_note = '; '.join(filter(None, (note, f'SF-Conv as {form}')))
+            rows.append(((f'{name} ({form})', model, form_note,
+                          list(refs) + ratio), form))
+    return rows
+
+
+def runtime_rows(entries, shape, warmup, runs, runtime, threads,
+                 sfconv_forms=(None, )):
     """The fused rows of ``entries`` timed in a deploy runtime (a key of
     :data:`~mmfalcon.deployment.backends.BACKENDS`), interleaved: each
     model exported in fp32 for the fixed input ``shape`` as
     tools/deployment/export.py exports it, one loaded model per row, on
     ``threads`` threads. Params and FLOPs are the PyTorch model's; "MB
     moved" the bytes one inference of the float graph reads and writes
-    layer by layer (:func:`~mmfalcon.analysis.onnx_traffic`). A model that
-    does not export is unavailable, with the reason."""
+    layer by layer (:func:`~mmfalcon.analysis.onnx_traffic`). A model with
+    fused SF-Conv pairs gets a row per form of ``sfconv_forms``
+    (:func:`with_sfconv_forms`). A model that does not export is
+    unavailable, with the reason."""
     import tempfile
-    backend = get_backend(runtime, threads)
-    backend.require()  # a missing package once, with its pip command
+    get_backend(runtime).require()  # a missing package once, with pip
     # deployment runs fused models only (an unfused ParC-Net does not
     # export: its kernels are resized to the input inside the graph)
-    entries = [entry for entry in entries
-               if not entry[0].endswith(' unfused')]
+    rows = with_sfconv_forms([entry for entry in entries
+                              if not entry[0].endswith(' unfused')],
+                             list(sfconv_forms))
     loaded, notes, traffic = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, model, note, _) in enumerate(entries):
+        for i, ((name, model, note, _), form) in enumerate(rows):
             notes[name] = note
             if model is None:
                 continue
+            backend = get_backend(runtime, threads, form)
             out = osp.join(tmp, str(i))
             try:
                 # the graph every backend converts, for its bytes
-                export_module(model, shape, out + '.float.onnx')
+                export_module(model, shape, out + '.float.onnx',
+                              sfconv_form=backend.sfconv_form)
                 traffic[name] = onnx_traffic(out + '.float.onnx')['total']
                 backend.export_module(model, shape, out)
                 loaded[name] = backend.load(out)
@@ -255,12 +282,13 @@ def runtime_rows(entries, shape, warmup, runs, runtime, threads):
                 notes[name] = (f'unavailable: {runtime} export failed '
                                f'({exc!r:.80})')
         times = latency_samples(loaded, shape, warmup, runs)
+    entries = [entry for entry, _ in rows]
     suffix = f' @{shape[-1]}{RUNTIME_TAGS[runtime]}'
-    rows = timed_rows(entries, times, suffix, shape, notes)
-    for (name, *_), row in zip(entries, rows):
+    table = timed_rows(entries, times, suffix, shape, notes)
+    for (name, *_), row in zip(entries, table):
         if name in loaded:
             row.traffic_mb = traffic[name] / 1e6
-    return rows
+    return table
 
 
 def train_rows(size, batch, warmup, runs, compile_backend=None):
@@ -322,6 +350,11 @@ def main():
     parser.add_argument('--backend', choices=RUNTIMES, default='pytorch',
                         help='the runtime the fused models run in (each '
                         'exported in fp32 as export.py exports it)')
+    parser.add_argument('--sfconv-forms', nargs='+', choices=SFCONV_FORMS,
+                        default=[None], metavar='FORM',
+                        help='with --backend: a row per export form of the '
+                        f'fused SF-Conv pairs, of {", ".join(SFCONV_FORMS)} '
+                        '(default: the runtime\'s own)')
     parser.add_argument('--onnx', action='store_const', const='onnxruntime',
                         dest='backend', help='the same as --backend '
                         'onnxruntime')
@@ -340,6 +373,9 @@ def main():
     if args.train and args.backend != 'pytorch':
         parser.error(f'--train runs in PyTorch; got --backend '
                      f'{args.backend}')
+    if args.sfconv_forms != [None] and args.backend == 'pytorch':
+        parser.error('--sfconv-forms are export forms: add --backend '
+                     'onnxruntime|openvino|ncnn')
     if args.compile and not args.train:
         parser.error(f'--compile {args.compile} times training steps: add '
                      '--train')
@@ -359,7 +395,7 @@ def main():
             entries += models_at(size)
         if args.backend != 'pytorch':
             table += runtime_rows(entries, shape, args.warmup, args.runs,
-                                  args.backend, threads)
+                                  args.backend, threads, args.sfconv_forms)
             continue
         available = {name: m for name, m, _, _ in entries if m is not None}
         times = latency_samples(available, shape, args.warmup, args.runs)

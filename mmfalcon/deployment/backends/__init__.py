@@ -28,18 +28,21 @@ BACKENDS: Dict[str, Type[Backend]] = {
 }
 
 
-def get_backend(name: str, threads: Optional[int] = None) -> Backend:
+def get_backend(name: str, threads: Optional[int] = None,
+                sfconv_form: Optional[str] = None) -> Backend:
     """The backend called ``name`` (a key of :data:`BACKENDS`).
 
     Args:
         name (str): ``'onnxruntime'``, ``'openvino'`` or ``'ncnn'``.
         threads (int, optional): Threads its loaded models run on;
             defaults to ``torch.get_num_threads()``.
+        sfconv_form (str, optional): An SF-Conv export form other than the
+            runtime's own (:attr:`Backend.sfconv_form`). Defaults to None.
     """
     if name not in BACKENDS:
         raise ValueError(f'unknown backend {name!r}; expected one of '
                          f'{tuple(BACKENDS)}')
-    return BACKENDS[name](threads)
+    return BACKENDS[name](threads, sfconv_form)
 
 
 @torch.no_grad()

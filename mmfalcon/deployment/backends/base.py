@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..onnx import export_module, export_onnx
 from ..runtime import RuntimeModule
+from ..sfconv_form import check_sfconv_form
 
 PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
 
@@ -50,11 +51,17 @@ class Backend:
             :data:`PRECISIONS`.
         suffixes (tuple[str]): The suffixes of the files it writes after
             the output prefix; the first is its model file.
+        sfconv_form (str): The form its exports give fused SF-Conv pairs,
+            one of :data:`~mmfalcon.deployment.sfconv_form.SFCONV_FORMS`:
+            the fastest measured in this runtime (docs/deployment.md).
 
     Args:
         threads (int, optional): Threads a loaded model runs on; defaults
             to ``torch.get_num_threads()``, so runtimes compare with
             PyTorch at the same parallelism.
+        sfconv_form (str, optional): Another SF-Conv export form than the
+            runtime's own, e.g. to measure them (``benchmark.py
+            --sfconv-forms``). Defaults to None.
     """
     name = ''
     extra = ''
@@ -62,9 +69,14 @@ class Backend:
     int8_packages: Dict[str, str] = {}
     precisions: Tuple[str, ...] = ()
     suffixes: Tuple[str, ...] = ()
+    sfconv_form = 'auto'
 
-    def __init__(self, threads: Optional[int] = None):
+    def __init__(self, threads: Optional[int] = None,
+                 sfconv_form: Optional[str] = None):
         self.threads = threads
+        if sfconv_form is not None:
+            check_sfconv_form(sfconv_form)
+            self.sfconv_form = sfconv_form
 
     def require(self, precision: str = 'fp32') -> None:
         """Import the packages ``precision`` needs (:attr:`packages`, and
@@ -153,8 +165,9 @@ class Backend:
             list[str]: The files written.
         """
         return self._export(
-            lambda path: export_onnx(model, shape, path), shape, out,
-            precision, calibration)
+            lambda path: export_onnx(model, shape, path,
+                                     sfconv_form=self.sfconv_form),
+            shape, out, precision, calibration)
 
     def export_module(self, module: nn.Module, shape: Sequence[int],
                       out: str, precision: str = 'fp32',
@@ -168,8 +181,9 @@ class Backend:
             list[str]: The files written.
         """
         return self._export(
-            lambda path: export_module(module, shape, path), shape, out,
-            precision, calibration)
+            lambda path: export_module(module, shape, path,
+                                       sfconv_form=self.sfconv_form),
+            shape, out, precision, calibration)
 
     def _export(self, write_onnx: Callable[[str], object],
                 shape: Sequence[int], out: str, precision: str,
