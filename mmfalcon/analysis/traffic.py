@@ -50,7 +50,8 @@ def onnx_traffic(path: str) -> Dict[str, int]:
 
     Returns:
         dict: ``activations`` (bytes of layer inputs and outputs),
-        ``weights`` (bytes of the initializers layers read) and ``total``.
+        ``weights`` (bytes of the initializers layers read), ``total``
+        and ``by_op`` (op type -> its layers' bytes, largest first).
     """
     import onnx
     from onnx import numpy_helper
@@ -61,17 +62,23 @@ def onnx_traffic(path: str) -> Dict[str, int]:
     weights = {init.name: numpy_helper.to_array(init).nbytes
                for init in graph.initializer}
     activations = weight_bytes = 0
+    by_op: Dict[str, int] = {}
     for node in graph.node:
         if node.op_type in FUSED_ACTIVATIONS | SHAPE_OPS:
             continue
+        moved = sum(sizes.get(name, 0) for name in node.output)
+        activations += moved
         for name in node.input:
             if name in weights:
                 weight_bytes += weights[name]
+                moved += weights[name]
             else:
                 activations += sizes.get(name, 0)
-        activations += sum(sizes.get(name, 0) for name in node.output)
+                moved += sizes.get(name, 0)
+        by_op[node.op_type] = by_op.get(node.op_type, 0) + moved
     return dict(activations=activations, weights=weight_bytes,
-                total=activations + weight_bytes)
+                total=activations + weight_bytes,
+                by_op=dict(sorted(by_op.items(), key=lambda kv: -kv[1])))
 
 
 def memory_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:

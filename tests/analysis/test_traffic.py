@@ -18,7 +18,8 @@ def test_conv_relu_conv_bytes_by_hand(tmp_path):
     weights = (8 * 3 * 9 + 8 + 4 * 8 + 4) * f32
     assert onnx_traffic(path) == dict(activations=activations,
                                       weights=weights,
-                                      total=activations + weights)
+                                      total=activations + weights,
+                                      by_op=dict(Conv=activations + weights))
 
 
 def test_an_unfused_elementwise_op_counts(tmp_path):
@@ -36,8 +37,10 @@ def test_an_unfused_elementwise_op_counts(tmp_path):
     path = str(tmp_path / 'r.onnx')
     export_module(Residual(), (1, 4, 8, 8), path)
     tensor = 4 * 8 * 8 * 4
-    assert onnx_traffic(path)['activations'] == 2 * tensor + 3 * tensor
-    assert onnx_traffic(path)['weights'] == 4 * 4 * 4
+    traffic = onnx_traffic(path)
+    assert traffic['activations'] == 2 * tensor + 3 * tensor
+    assert traffic['weights'] == 4 * 4 * 4
+    assert traffic['by_op'] == dict(Add=3 * tensor, Conv=2 * tensor + 64)
 
 
 def test_memory_bandwidth_is_a_rate():
