@@ -45,7 +45,8 @@ class ForeignRepBlock(nn.Module):
         for conv, bn in (self.branch3, self.branch1):
             scale = bn.weight / (bn.running_var + bn.eps).sqrt()
             kernel = conv.weight * scale.reshape(-1, 1, 1, 1)
-            weight += nn.functional.pad(kernel, [(3 - kernel.shape[-1]) // 2] * 4)
+            pad = (3 - kernel.shape[-1]) // 2
+            weight += nn.functional.pad(kernel, [pad] * 4)
             bias = bias + bn.bias - bn.running_mean * scale
         self.fused = nn.Conv2d(weight.shape[1], weight.shape[0], 3, padding=1)
         self.fused.to(weight.dtype)

@@ -30,6 +30,7 @@ _SAMPLE_FILES = ('img_path', 'seg_map_path')
 class DataError(ValueError):
     """A dataset that cannot be used; the message names it and why."""
 
+
 # Norm layers that only train on CUDA when synchronised across processes,
 # and the SyncBN that also trains on CPU processes, which replaces them there.
 _CUDA_ONLY_NORMS = ('SyncBN', 'MMSyncBN')

@@ -104,7 +104,8 @@ class FusableLayer(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         keys = [k for k in state_dict if k.startswith(prefix)]
         ckpt_fused = any(k.startswith(prefix + FUSED + '.') for k in keys)
-        ckpt_unfused = any(not k.startswith(prefix + FUSED + '.') for k in keys)
+        ckpt_unfused = not all(k.startswith(prefix + FUSED + '.')
+                               for k in keys)
         name = prefix.rstrip('.') or type(self).__name__
         if ckpt_fused and not self.is_fused:
             raise RuntimeError(

@@ -5,7 +5,6 @@ and a shape the model cannot take; tools/deployment/export.py."""
 import os.path as osp
 import sys
 
-import numpy as np
 import pytest
 import torch
 from mmengine.config import Config

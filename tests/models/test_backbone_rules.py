@@ -193,4 +193,3 @@ def test_conv_types_fusion_cannot_fold_are_refused(conv_cfg, built, build):
             rf'conv_cfg=.* builds {built}, which fusion cannot fold.*'
             r"Expected a conv type that runs nn.Conv2d's own forward")):
         build(conv_cfg)
-

@@ -13,6 +13,7 @@ from mmfalcon.models import FalconNet
 from mmfalcon.models.layers import RefCO, RepSO, SFConv, batch_stats
 from mmfalcon.models.layers.batch_stats import describe_folding, patch_moments
 
+
 def randomize_affine(model, seed=0):
     """Non-trivial BN affine parameters (the running statistics are what
     the training forward writes, so they stay at their defaults)."""
@@ -153,6 +154,7 @@ def test_folding_is_used_only_where_exact():
         return len(calls)
 
     x = torch.randn(2, 4, 6, 6)
+
     def runs(layer, x, refusal):
         assert layer.fold_refusal() == refusal
         return conv_calls(layer, x)
