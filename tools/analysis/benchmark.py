@@ -225,20 +225,23 @@ def models_at(size):
 
 
 def with_sfconv_forms(entries, forms):
-    """``entries`` with each row of a model holding fused SF-Conv pairs
-    repeated once per export form in ``forms`` (named ``'NAME (form)'``,
-    timed against the first form's row too), as ``(entry, form)`` pairs;
-    ``None``: the runtime's own form."""
+    """``entries`` as ``(entry, form)`` pairs, each row of a model holding
+    fused SF-Conv pairs once per export form in ``forms`` (``None``: the
+    runtime's own); with several forms named ``'NAME (form)'`` and timed
+    against the first form's row too."""
     rows = []
     for name, model, note, refs in entries:
-        if len(forms) < 2 or model is None or not any(
+        if forms == [None] or model is None or not any(
                 isinstance(m, FactorizedPointwise) for m in model.modules()):
             rows.append(((name, model, note, refs), forms[0]))
             continue
         first = f'{name} ({forms[0]})'
         for form in forms:
-            ratio = [] if form == forms[0] else [(f'x {forms[0]}', first)]
             form_note = '; '.join(filter(None, (note, f'SF-Conv as {form}')))
+            if len(forms) == 1:
+                rows.append(((name, model, form_note, refs), form))
+                continue
+            ratio = [] if form == forms[0] else [(f'x {forms[0]}', first)]
             rows.append(((f'{name} ({form})', model, form_note,
                           list(refs) + ratio), form))
     return rows
