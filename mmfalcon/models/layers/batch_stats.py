@@ -116,8 +116,12 @@ def _lagged_products(x: torch.Tensor, dilation: int) -> torch.Tensor:
     if x.device.type == 'cpu' and c > chunk:
         return torch.cat([_lagged_products(x[:, i:i + chunk], dilation)
                           for i in range(0, c, chunk)], 1)
-    # batch summed first: the regions need no batch axis
-    planes = x.new_zeros(25, c, h, w)
+    # batch summed first: the regions need no batch axis. Under
+    # torch.compile each lag's plane is its product zero-padded into place:
+    # traced, a write into a slice of one buffer copies the whole buffer.
+    compiling = torch.compiler.is_compiling()
+    planes = [x.new_zeros(c, h, w)] * 25 if compiling else x.new_zeros(
+        25, c, h, w)
     for lag_r in range(3):
         for lag_c in range(-2, 3):
             if lag_r == 0 and lag_c < 0:
@@ -128,9 +132,18 @@ def _lagged_products(x: torch.Tensor, dilation: int) -> torch.Tensor:
             c0, c1 = max(0, -dc), w - max(0, dc)  # q and q + lag inside
             product = (x[:, :, :h - dr, c0:c1] *
                        x[:, :, dr:, c0 + dc:c1 + dc]).sum(0)
-            planes[(lag_r + 2) * 5 + lag_c + 2, :, :h - dr, c0:c1] = product
-            planes[(2 - lag_r) * 5 + 2 - lag_c, :, dr:,
-                   c0 + dc:c1 + dc] = product
+            # the lag's plane holds it at q, its opposite's at q + lag
+            for index, top, left in (((lag_r + 2) * 5 + lag_c + 2, 0, c0),
+                                     ((2 - lag_r) * 5 + 2 - lag_c, dr,
+                                      c0 + dc)):
+                if compiling:
+                    planes[index] = F.pad(
+                        product, [left, w - left - (c1 - c0), top, dr - top])
+                else:
+                    planes[index, :, top:top + h - dr,
+                           left:left + c1 - c0] = product
+    if compiling:
+        planes = torch.stack(planes)
     return _region_sums(planes, dilation).transpose(1, 2)
 
 
@@ -176,6 +189,9 @@ class _PatchMoments(torch.autograd.Function):
                             constants[region], dilation=d, groups=c)
             if grad is None:  # region 0 is the whole grid
                 grad = part
+            elif torch.compiler.is_compiling():
+                # a slice update would copy all of grad (see above)
+                grad = grad + F.pad(part, [c0, w - c1, r0, h - r1])
             else:
                 grad[:, :, r0:r1, c0:c1] += part
         return grad / (n * h * w), None
