@@ -26,6 +26,8 @@ SHAPE_OPS = frozenset({
     'Constant', 'ConstantOfShape'
 })
 
+_NO_TRAFFIC = FUSED_ACTIVATIONS | SHAPE_OPS
+
 
 def _tensor_bytes(value_info) -> int:
     """Bytes of a typed, fully shaped ONNX value; 0 when its shape is not
@@ -64,7 +66,7 @@ def onnx_traffic(path: str) -> Dict[str, int]:
     activations = weight_bytes = 0
     by_op: Dict[str, int] = {}
     for node in graph.node:
-        if node.op_type in FUSED_ACTIVATIONS | SHAPE_OPS:
+        if node.op_type in _NO_TRAFFIC:
             continue
         moved = sum(sizes.get(name, 0) for name in node.output)
         activations += moved

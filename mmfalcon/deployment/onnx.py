@@ -99,7 +99,6 @@ def _for_export(model: nn.Module, sfconv_form: str = 'auto') -> nn.Module:
     """A copy of ``model`` with every module that has an export form
     (:func:`_export_form`) replaced by it; ``model`` itself when none has.
     The caller's model is never changed."""
-    check_sfconv_form(sfconv_form)
     if all(_export_form(m) is None for m in model.modules()):
         return model
     model = copy.deepcopy(model)

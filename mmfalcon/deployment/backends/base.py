@@ -164,10 +164,8 @@ class Backend:
         Returns:
             list[str]: The files written.
         """
-        return self._export(
-            lambda path: export_onnx(model, shape, path,
-                                     sfconv_form=self.sfconv_form),
-            shape, out, precision, calibration)
+        return self._export(export_onnx, model, shape, out, precision,
+                            calibration)
 
     def export_module(self, module: nn.Module, shape: Sequence[int],
                       out: str, precision: str = 'fp32',
@@ -180,16 +178,15 @@ class Backend:
         Returns:
             list[str]: The files written.
         """
-        return self._export(
-            lambda path: export_module(module, shape, path,
-                                       sfconv_form=self.sfconv_form),
-            shape, out, precision, calibration)
+        return self._export(export_module, module, shape, out, precision,
+                            calibration)
 
-    def _export(self, write_onnx: Callable[[str], object],
+    def _export(self, exporter: Callable, module: nn.Module,
                 shape: Sequence[int], out: str, precision: str,
                 calibration: Optional[Sequence[np.ndarray]]) -> List[str]:
-        """Write the float ONNX file with ``write_onnx(path)`` into a
-        temporary folder and :meth:`convert` it into :meth:`files` of
+        """Write the float ONNX file of ``module`` with ``exporter``
+        (:func:`~mmfalcon.deployment.export_onnx` or ``export_module``) into
+        a temporary folder and :meth:`convert` it into :meth:`files` of
         ``out``; nothing half-converted is left behind on an error."""
         self.require(precision)
         if precision == 'int8' and not calibration:
@@ -201,7 +198,7 @@ class Backend:
             os.makedirs(directory, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = osp.join(tmp, 'fp32.onnx')
-            write_onnx(onnx_path)
+            exporter(module, shape, onnx_path, sfconv_form=self.sfconv_form)
             try:
                 self.convert(onnx_path, paths, shape, precision, calibration)
             except BaseException:
