@@ -5,10 +5,11 @@ here, when used. The export uses PyTorch's TorchScript-based exporter
 (``dynamo=False``): the fused ParC layers cache their kernels per input
 size, which that tracer records as constants of the fixed export size.
 Convs with ``padding='same'`` (the dilated FalconNet) are exported with
-explicit padding, which ONNX Runtime accepts for dilated convs, and fused
+explicit padding, which ONNX Runtime accepts for dilated convs, fused
 SF-Conv pairs as block-aligned grouped convs or one dense conv, the forms
-ONNX Runtime runs fastest (:mod:`mmfalcon.deployment.sfconv_form`); both
-on a copy of the model.
+ONNX Runtime runs fastest (:mod:`mmfalcon.deployment.sfconv_form`), and
+fused ParC blocks in the token mixer form asked for
+(:mod:`mmfalcon.deployment.parc_form`); all on a copy of the model.
 """
 import copy
 import functools
@@ -21,7 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmfalcon.models.layers.parc import ParCBlock
 from mmfalcon.models.layers.sfconv import FactorizedPointwise
+from .parc_form import check_parc_form, parc_export_form
 from .runtime import RuntimeModule, relative_error
 from .sfconv_form import check_sfconv_form, sfconv_export_form
 from .wrapper import TensorForward, _flatten
@@ -81,29 +84,36 @@ class _ExplicitPadConv2d(nn.Module):
 
 def _export_form(
         module: nn.Module,
-        sfconv_form: str = 'auto'
+        sfconv_form: str = 'auto',
+        parc_form: str = 'merged'
 ) -> Optional[Callable[[nn.Module], nn.Module]]:
     """What builds the module that ``module`` is exported as, or None when
     it is exported as it is: a zero-padded ``padding='same'`` conv as
     explicit padding, a fused SF-Conv pair in the form ``sfconv_form``
-    (:func:`~.sfconv_form.sfconv_export_form`)."""
+    (:func:`~.sfconv_form.sfconv_export_form`), a ParC block in the token
+    mixer form ``parc_form`` (:func:`~.parc_form.parc_export_form`; the
+    block itself for ``'merged'``)."""
     if isinstance(module, nn.Conv2d) and module.padding == 'same' and (
             module.padding_mode == 'zeros'):
         return _ExplicitPadConv2d
     if isinstance(module, FactorizedPointwise):
         return functools.partial(sfconv_export_form, form=sfconv_form)
+    if isinstance(module, ParCBlock) and parc_form != 'merged':
+        return functools.partial(parc_export_form, form=parc_form)
     return None
 
 
-def _for_export(model: nn.Module, sfconv_form: str = 'auto') -> nn.Module:
+def _for_export(model: nn.Module, sfconv_form: str = 'auto',
+                parc_form: str = 'merged') -> nn.Module:
     """A copy of ``model`` with every module that has an export form
     (:func:`_export_form`) replaced by it; ``model`` itself when none has.
     The caller's model is never changed."""
-    if all(_export_form(m) is None for m in model.modules()):
+    forms = dict(sfconv_form=sfconv_form, parc_form=parc_form)
+    if all(_export_form(m, **forms) is None for m in model.modules()):
         return model
     model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):
-        form = _export_form(module, sfconv_form)
+        form = _export_form(module, **forms)
         if form is not None and not name:  # the model itself
             return form(module)
         if form is not None:
@@ -115,7 +125,8 @@ def _for_export(model: nn.Module, sfconv_form: str = 'auto') -> nn.Module:
 def export_module(module: nn.Module, shape: Sequence[int], path: str,
                   opset: int = DEFAULT_OPSET,
                   output_names: Optional[List[str]] = None,
-                  sfconv_form: str = 'auto') -> Dict[str, list]:
+                  sfconv_form: str = 'auto',
+                  parc_form: str = 'merged') -> Dict[str, list]:
     """Export any module that maps one image tensor to a tensor or (nested)
     tuples of tensors, e.g. a bare backbone, for a fixed input shape.
 
@@ -123,7 +134,8 @@ def export_module(module: nn.Module, shape: Sequence[int], path: str,
         module (nn.Module): The module; set to eval mode, otherwise
             unchanged (a copy is rewritten for export: fused SF-Conv
             pairs as :func:`~.sfconv_form.sfconv_export_form` picks,
-            whatever their PyTorch ``impl``).
+            whatever their PyTorch ``impl``, fused ParC blocks in
+            ``parc_form``).
         shape (Sequence[int]): Input shape ``(N, C, H, W)``.
         path (str): The ``.onnx`` file to write.
         opset (int): ONNX opset version. Defaults to 17.
@@ -131,6 +143,8 @@ def export_module(module: nn.Module, shape: Sequence[int], path: str,
             Defaults to ``output0, output1, ...``.
         sfconv_form (str): The form of the fused SF-Conv pairs, one of
             :data:`~.sfconv_form.SFCONV_FORMS`. Defaults to ``'auto'``.
+        parc_form (str): The token mixer form of the fused ParC blocks, one
+            of :data:`~.parc_form.PARC_FORMS`. Defaults to ``'merged'``.
 
     Returns:
         dict: ``input_names`` and ``output_names`` of the exported graph.
@@ -138,14 +152,16 @@ def export_module(module: nn.Module, shape: Sequence[int], path: str,
     onnx = _require('onnx')
     _check_shape(shape)
     check_sfconv_form(sfconv_form)
-    module.eval()
+    check_parc_form(parc_form)
+    module.eval()  # a copy made for export keeps the mode
+    exported = _for_export(module, sfconv_form, parc_form)
     x = _example(shape)
     input_names = ['input']
-    # This first run, in eval mode at the export shape, also fills the fused
-    # ParC caches for it (the merged mixers' circulants and bias maps), which
-    # the tracer below records as constants.
+    # This first run, in eval mode at the export shape, also makes the fused
+    # ParC kernels for it (the merged mixers' circulants and bias maps, or
+    # those of the ParC form), which the tracer below records as constants.
     with torch.no_grad():
-        count = len(_flatten(module(x)))
+        count = len(_flatten(exported(x)))
     if output_names is None:
         output_names = [f'output{i}' for i in range(count)]
     elif len(output_names) != count:
@@ -157,7 +173,7 @@ def export_module(module: nn.Module, shape: Sequence[int], path: str,
             'ignore', message='You are using the legacy TorchScript',
             category=DeprecationWarning)
         torch.onnx.export(
-            _for_export(module, sfconv_form), (x, ), path, dynamo=False,
+            exported, (x, ), path, dynamo=False,
             opset_version=opset, input_names=input_names,
             output_names=output_names, do_constant_folding=True)
     onnx.checker.check_model(onnx.load(path))
@@ -166,7 +182,8 @@ def export_module(module: nn.Module, shape: Sequence[int], path: str,
 
 def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
                 opset: int = DEFAULT_OPSET,
-                sfconv_form: str = 'auto') -> Dict[str, list]:
+                sfconv_form: str = 'auto',
+                parc_form: str = 'merged') -> Dict[str, list]:
     """Export the tensor forward of ``model`` for a fixed input shape.
 
     Args:
@@ -179,6 +196,8 @@ def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
         opset (int): ONNX opset version. Defaults to 17.
         sfconv_form (str): The form of the fused SF-Conv pairs, one of
             :data:`~.sfconv_form.SFCONV_FORMS`. Defaults to ``'auto'``.
+        parc_form (str): The token mixer form of the fused ParC blocks, one
+            of :data:`~.parc_form.PARC_FORMS`. Defaults to ``'merged'``.
 
     Returns:
         dict: ``input_names`` and ``output_names`` of the exported graph
@@ -189,7 +208,8 @@ def export_onnx(model: nn.Module, shape: Sequence[int], path: str,
     model.eval()
     wrapper = TensorForward(model).eval()
     return export_module(wrapper, shape, path, opset,
-                         wrapper.output_names(_example(shape)), sfconv_form)
+                         wrapper.output_names(_example(shape)), sfconv_form,
+                         parc_form)
 
 
 class OnnxRuntimeModule(RuntimeModule):

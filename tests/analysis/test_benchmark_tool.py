@@ -149,6 +149,25 @@ def test_benchmark_sfconv_form_rows(run_tool):
     assert 'ParC-Net-S os32 fused @96 ORT' in rows
 
 
+@pytest.mark.slow
+def test_benchmark_parc_form_rows(run_tool):
+    """--parc-forms: a row per ParC mixer export form of every model with
+    fused ParC blocks, each timed against the first form."""
+    out = run_tool('analysis/benchmark.py', '--backend', 'onnxruntime',
+                   '--parc-forms', 'merged', 'conv', '--runs', '2',
+                   '--warmup', '0', '--sizes', '96', '--no-models')
+    rows = table_rows(out.stdout)
+    merged = rows['ParC-Net-S os32 fused (merged) @96 ORT']
+    conv = rows['ParC-Net-S os32 fused (conv) @96 ORT']
+    assert 'ParC mixer as merged' in merged[-1], merged
+    assert 'x merged' not in merged[-1], merged
+    assert 'ParC mixer as conv' in conv[-1] and 'x merged' in conv[-1]
+    # the merged circulants (C x N x N per axis) are weights the conv
+    # form does not read
+    assert float(conv[3]) < float(merged[3]), (merged, conv)
+    assert 'FalconNet fused @96 ORT' in rows
+
+
 def test_benchmark_refuses_what_does_not_combine(run_tool):
     out = run_tool('analysis/benchmark.py', '--train', '--backend', 'ncnn',
                    ok=False)
@@ -156,6 +175,9 @@ def test_benchmark_refuses_what_does_not_combine(run_tool):
     out = run_tool('analysis/benchmark.py', '--sfconv-forms', 'dense',
                    ok=False)
     assert '--sfconv-forms are export forms: add --backend' in out.stderr
+    out = run_tool('analysis/benchmark.py', '--parc-forms', 'conv',
+                   ok=False)
+    assert '--parc-forms are export forms: add --backend' in out.stderr
     out = run_tool('analysis/benchmark.py', '--compile', ok=False)
     assert '--compile inductor times training steps: add --train' \
         in out.stderr

@@ -4,7 +4,8 @@ Models of one input size are timed in the same process, interleaved, so
 the ratios are meaningful on a shared, noisy machine; absolute times are
 not. Usage: python tools/analysis/benchmark.py [--runs 30] [--markdown]
 [--sizes 320 512] [--no-models] [--backend pytorch|onnxruntime|openvino|
-ncnn] [--train [--batch 8] [--compile [BACKEND]]]
+ncnn [--sfconv-forms FORM ...] [--parc-forms FORM ...]] [--train [--batch 8]
+[--compile [BACKEND]]]
 
 --backend times the same rows in a deploy runtime instead of PyTorch: each
 fused model exported as tools/deployment/export.py exports it (fp32), one
@@ -16,6 +17,7 @@ the output: ratios move by half between CPUs.
 """
 import argparse
 import copy
+import itertools
 import os
 import os.path as osp
 
@@ -28,10 +30,12 @@ from mmfalcon.analysis import (describe_cpu, format_table, latency_samples,
                                train_step_samples)
 from mmfalcon.deployment import export_module
 from mmfalcon.deployment.backends import BACKENDS, get_backend
+from mmfalcon.deployment.parc_form import PARC_FORMS
 from mmfalcon.deployment.sfconv_form import SFCONV_FORMS
 from mmfalcon.deployment.wrapper import TensorForward, input_size_from_config
 from mmfalcon.apis import init_model
 from mmfalcon.models import FalconNet, ParCNet
+from mmfalcon.models.layers.parc import ParCBlock
 from mmfalcon.models.layers.sfconv import FactorizedPointwise
 
 CONFIGS = ('ssdlite_falcon_coco.py', 'ssdlite_parcnet_coco.py',
@@ -224,31 +228,44 @@ def models_at(size):
     return rows + peer
 
 
-def with_sfconv_forms(entries, forms):
-    """``entries`` as ``(entry, form)`` pairs, each row of a model holding
-    fused SF-Conv pairs once per export form in ``forms`` (``None``: the
-    runtime's own); with several forms named ``'NAME (form)'`` and timed
-    against the first form's row too."""
+# The layers whose export form benchmark.py can vary: the get_backend
+# keyword that picks it, the layer type that has one, the row note.
+FORM_KINDS = (('sfconv_form', FactorizedPointwise, 'SF-Conv as'),
+              ('parc_form', ParCBlock, 'ParC mixer as'))
+
+
+def with_export_forms(entries, choices):
+    """``entries`` as ``(entry, forms)`` pairs, ``forms`` the get_backend
+    keywords of its export forms. ``choices`` maps each keyword of
+    :data:`FORM_KINDS` to a list of forms (``[None]``: the runtime's own);
+    a row of a model holding the layer of a kind is repeated once per form
+    of it (per combination, where it holds several kinds). With several
+    forms a row is named ``'NAME (form)'`` and also timed against the
+    first form's row."""
     rows = []
     for name, model, note, refs in entries:
-        if forms == [None] or model is None or not any(
-                isinstance(m, FactorizedPointwise) for m in model.modules()):
-            rows.append(((name, model, note, refs), forms[0]))
-            continue
-        first = f'{name} ({forms[0]})'
-        for form in forms:
-            form_note = '; '.join(filter(None, (note, f'SF-Conv as {form}')))
-            if len(forms) == 1:
-                rows.append(((name, model, form_note, refs), form))
+        kinds = [(key, label) for key, layer, label in FORM_KINDS
+                 if choices[key] != [None] and model is not None and any(
+                     isinstance(m, layer) for m in model.modules())]
+        combos = list(itertools.product(*(choices[key] for key, _ in kinds)))
+        first = f'{name} ({", ".join(combos[0])})'
+        for combo in combos:
+            forms = {key: form for (key, _), form in zip(kinds, combo)}
+            form_note = '; '.join(filter(None, (note, *(
+                f'{label} {form}' for (_, label), form in zip(kinds, combo)
+            ))))
+            if len(combos) == 1:
+                rows.append(((name, model, form_note, refs), forms))
                 continue
-            ratio = [] if form == forms[0] else [(f'x {forms[0]}', first)]
-            rows.append(((f'{name} ({form})', model, form_note,
-                          list(refs) + ratio), form))
+            row = f'{name} ({", ".join(combo)})'
+            ratio = [] if row == first else [
+                (f'x {", ".join(combos[0])}', first)]
+            rows.append(((row, model, form_note, list(refs) + ratio), forms))
     return rows
 
 
 def runtime_rows(entries, shape, warmup, runs, runtime, threads,
-                 sfconv_forms=(None, )):
+                 sfconv_forms=(None, ), parc_forms=(None, )):
     """The fused rows of ``entries`` timed in a deploy runtime (a key of
     :data:`~mmfalcon.deployment.backends.BACKENDS`), interleaved: each
     model exported in fp32 for the fixed input ``shape`` as
@@ -256,28 +273,30 @@ def runtime_rows(entries, shape, warmup, runs, runtime, threads,
     ``threads`` threads. Params and FLOPs are the PyTorch model's; "MB
     moved" the bytes one inference of the float graph reads and writes
     layer by layer (:func:`~mmfalcon.analysis.onnx_traffic`). A model with
-    fused SF-Conv pairs gets a row per form of ``sfconv_forms``
-    (:func:`with_sfconv_forms`). A model that does not export is
+    fused SF-Conv pairs gets a row per form of ``sfconv_forms``, one with
+    fused ParC blocks a row per form of ``parc_forms``
+    (:func:`with_export_forms`). A model that does not export is
     unavailable, with the reason."""
     import tempfile
     get_backend(runtime).require()  # a missing package once, with pip
     # deployment runs fused models only (an unfused ParC-Net does not
     # export: its kernels are resized to the input inside the graph)
-    rows = with_sfconv_forms([entry for entry in entries
-                              if not entry[0].endswith(' unfused')],
-                             list(sfconv_forms))
+    rows = with_export_forms(
+        [entry for entry in entries if not entry[0].endswith(' unfused')],
+        dict(sfconv_form=list(sfconv_forms), parc_form=list(parc_forms)))
     loaded, notes, traffic = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, ((name, model, note, _), form) in enumerate(rows):
+        for i, ((name, model, note, _), forms) in enumerate(rows):
             notes[name] = note
             if model is None:
                 continue
-            backend = get_backend(runtime, threads, form)
+            backend = get_backend(runtime, threads, **forms)
             out = osp.join(tmp, str(i))
             try:
                 # the graph every backend converts, for its bytes
                 export_module(model, shape, out + '.float.onnx',
-                              sfconv_form=backend.sfconv_form)
+                              sfconv_form=backend.sfconv_form,
+                              parc_form=backend.parc_form)
                 traffic[name] = onnx_traffic(out + '.float.onnx')['total']
                 backend.export_module(model, shape, out)
                 loaded[name] = backend.load(out)
@@ -358,6 +377,11 @@ def main():
                         help='with --backend: a row per export form of the '
                         f'fused SF-Conv pairs, of {", ".join(SFCONV_FORMS)} '
                         '(default: the runtime\'s own)')
+    parser.add_argument('--parc-forms', nargs='+', choices=PARC_FORMS,
+                        default=[None], metavar='FORM',
+                        help='with --backend: a row per export form of the '
+                        f'fused ParC token mixers, of {", ".join(PARC_FORMS)} '
+                        '(default: the runtime\'s own)')
     parser.add_argument('--onnx', action='store_const', const='onnxruntime',
                         dest='backend', help='the same as --backend '
                         'onnxruntime')
@@ -376,9 +400,11 @@ def main():
     if args.train and args.backend != 'pytorch':
         parser.error(f'--train runs in PyTorch; got --backend '
                      f'{args.backend}')
-    if args.sfconv_forms != [None] and args.backend == 'pytorch':
-        parser.error('--sfconv-forms are export forms: add --backend '
-                     'onnxruntime|openvino|ncnn')
+    for flag, forms in (('--sfconv-forms', args.sfconv_forms),
+                        ('--parc-forms', args.parc_forms)):
+        if forms != [None] and args.backend == 'pytorch':
+            parser.error(f'{flag} are export forms: add --backend '
+                         'onnxruntime|openvino|ncnn')
     if args.compile and not args.train:
         parser.error(f'--compile {args.compile} times training steps: add '
                      '--train')
@@ -398,7 +424,8 @@ def main():
             entries += models_at(size)
         if args.backend != 'pytorch':
             table += runtime_rows(entries, shape, args.warmup, args.runs,
-                                  args.backend, threads, args.sfconv_forms)
+                                  args.backend, threads, args.sfconv_forms,
+                                  args.parc_forms)
             continue
         available = {name: m for name, m, _, _ in entries if m is not None}
         times = latency_samples(available, shape, args.warmup, args.runs)

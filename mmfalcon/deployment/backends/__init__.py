@@ -29,7 +29,8 @@ BACKENDS: Dict[str, Type[Backend]] = {
 
 
 def get_backend(name: str, threads: Optional[int] = None,
-                sfconv_form: Optional[str] = None) -> Backend:
+                sfconv_form: Optional[str] = None,
+                parc_form: Optional[str] = None) -> Backend:
     """The backend called ``name`` (a key of :data:`BACKENDS`).
 
     Args:
@@ -38,11 +39,13 @@ def get_backend(name: str, threads: Optional[int] = None,
             defaults to ``torch.get_num_threads()``.
         sfconv_form (str, optional): An SF-Conv export form other than the
             runtime's own (:attr:`Backend.sfconv_form`). Defaults to None.
+        parc_form (str, optional): A ParC export form other than the
+            runtime's own (:attr:`Backend.parc_form`). Defaults to None.
     """
     if name not in BACKENDS:
         raise ValueError(f'unknown backend {name!r}; expected one of '
                          f'{tuple(BACKENDS)}')
-    return BACKENDS[name](threads, sfconv_form)
+    return BACKENDS[name](threads, sfconv_form, parc_form)
 
 
 @torch.no_grad()

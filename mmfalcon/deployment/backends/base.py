@@ -15,6 +15,7 @@ import numpy as np
 import torch.nn as nn
 
 from ..onnx import export_module, export_onnx
+from ..parc_form import check_parc_form
 from ..runtime import RuntimeModule
 from ..sfconv_form import check_sfconv_form
 
@@ -54,6 +55,9 @@ class Backend:
         sfconv_form (str): The form its exports give fused SF-Conv pairs,
             one of :data:`~mmfalcon.deployment.sfconv_form.SFCONV_FORMS`:
             the fastest measured in this runtime (docs/deployment.md).
+        parc_form (str): The token mixer form its exports give fused ParC
+            blocks, one of :data:`~mmfalcon.deployment.parc_form.
+            PARC_FORMS`: the fastest measured in this runtime.
 
     Args:
         threads (int, optional): Threads a loaded model runs on; defaults
@@ -62,6 +66,9 @@ class Backend:
         sfconv_form (str, optional): Another SF-Conv export form than the
             runtime's own, e.g. to measure them (``benchmark.py
             --sfconv-forms``). Defaults to None.
+        parc_form (str, optional): Another ParC export form than the
+            runtime's own (``benchmark.py --parc-forms``). Defaults to
+            None.
     """
     name = ''
     extra = ''
@@ -70,13 +77,18 @@ class Backend:
     precisions: Tuple[str, ...] = ()
     suffixes: Tuple[str, ...] = ()
     sfconv_form = 'auto'
+    parc_form = 'merged'
 
     def __init__(self, threads: Optional[int] = None,
-                 sfconv_form: Optional[str] = None):
+                 sfconv_form: Optional[str] = None,
+                 parc_form: Optional[str] = None):
         self.threads = threads
         if sfconv_form is not None:
             check_sfconv_form(sfconv_form)
             self.sfconv_form = sfconv_form
+        if parc_form is not None:
+            check_parc_form(parc_form)
+            self.parc_form = parc_form
 
     def require(self, precision: str = 'fp32') -> None:
         """Import the packages ``precision`` needs (:attr:`packages`, and
@@ -198,7 +210,8 @@ class Backend:
             os.makedirs(directory, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = osp.join(tmp, 'fp32.onnx')
-            exporter(module, shape, onnx_path, sfconv_form=self.sfconv_form)
+            exporter(module, shape, onnx_path, sfconv_form=self.sfconv_form,
+                     parc_form=self.parc_form)
             try:
                 self.convert(onnx_path, paths, shape, precision, calibration)
             except BaseException:

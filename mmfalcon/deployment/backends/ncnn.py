@@ -20,6 +20,10 @@ class NcnnBackend(Backend):
       output scale).
     * fp16: float16 weights, ncnn's float16 storage and arithmetic on.
 
+    Fused ParC blocks are exported in the ``'conv'`` form (circular
+    padding and a depthwise conv per ParC): ncnn's batched MatMul ran the
+    merged circulant products 1.33x slower at 320 (ParC-Net-S, 2 threads).
+
     INT8 is not offered: ncnn quantizes with its ``ncnn2table`` /
     ``ncnn2int8`` tools, which neither wheel ships. Batch size 1 only
     (ncnn's blobs have no batch axis).
@@ -29,6 +33,7 @@ class NcnnBackend(Backend):
     packages = dict(onnx='onnx', pnnx='pnnx', ncnn='ncnn')
     precisions = ('fp32', 'fp16')
     suffixes = ('.param', '.bin')
+    parc_form = 'conv'
 
     def convert(self, onnx_path: str, paths: List[str], shape: Sequence[int],
                 precision: str,

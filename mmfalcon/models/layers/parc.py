@@ -225,10 +225,9 @@ class ParCFused(SizeCachedModule):
         self.bias = nn.Parameter(
             torch.zeros(bias_shape)) if with_bias else None
 
-    def instance(self, length: int, spectrum: bool = False):
-        """Operand of :func:`apply_circular` and bias map for a feature of
-        ``length`` along the axis: the circulant matrix, or with
-        ``spectrum`` the kernel's conjugate spectrum."""
+    def kernel_at(self, length: int):
+        """The depthwise kernel (:func:`circular_conv`'s, BN scale folded
+        in) and bias map for a feature of ``length`` along the axis."""
         kernel = resize_meta(self.kernel, length, self.dim)
         bias = None
         if self.bias is not None:
@@ -238,6 +237,13 @@ class ParCFused(SizeCachedModule):
                 resize_meta(self.bias, length, self.dim), kernel, self.dim)
         if self.scale is not None:
             kernel = kernel * self.scale
+        return kernel, bias
+
+    def instance(self, length: int, spectrum: bool = False):
+        """Operand of :func:`apply_circular` and bias map for a feature of
+        ``length`` along the axis: the circulant matrix, or with
+        ``spectrum`` the kernel's conjugate spectrum."""
+        kernel, bias = self.kernel_at(length)
         if spectrum:
             return torch.fft.rfft(kernel.flatten(1), dim=1).conj(), bias
         return circulant(kernel, self.dim), bias
