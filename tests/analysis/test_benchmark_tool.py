@@ -131,14 +131,20 @@ def test_benchmark_whole_ssdlite_rows(run_tool):
     assert 'quartiles x SSDLite-MobileNetV2' in falcon[-1], falcon
 
 
+def export_form_rows(run_tool, flag, *forms):
+    """The table of a quick ONNX Runtime run with a row per export form
+    of ``flag`` (``--sfconv-forms`` / ``--parc-forms``)."""
+    out = run_tool('analysis/benchmark.py', '--backend', 'onnxruntime', flag,
+                   *forms, '--runs', '2', '--warmup', '0', '--sizes', '96',
+                   '--no-models')
+    return table_rows(out.stdout)
+
+
 @pytest.mark.slow
 def test_benchmark_sfconv_form_rows(run_tool):
     """--sfconv-forms: a row per export form of every model with fused
     SF-Conv pairs, each timed against the first form; other rows once."""
-    out = run_tool('analysis/benchmark.py', '--backend', 'onnxruntime',
-                   '--sfconv-forms', 'auto', 'dense', '--runs', '2',
-                   '--warmup', '0', '--sizes', '96', '--no-models')
-    rows = table_rows(out.stdout)
+    rows = export_form_rows(run_tool, '--sfconv-forms', 'auto', 'dense')
     auto = rows['FalconNet fused (auto) @96 ORT']
     dense = rows['FalconNet fused (dense) @96 ORT']
     assert 'SF-Conv as auto' in auto[-1] and 'x auto' not in auto[-1]
@@ -153,10 +159,7 @@ def test_benchmark_sfconv_form_rows(run_tool):
 def test_benchmark_parc_form_rows(run_tool):
     """--parc-forms: a row per ParC mixer export form of every model with
     fused ParC blocks, each timed against the first form."""
-    out = run_tool('analysis/benchmark.py', '--backend', 'onnxruntime',
-                   '--parc-forms', 'merged', 'conv', '--runs', '2',
-                   '--warmup', '0', '--sizes', '96', '--no-models')
-    rows = table_rows(out.stdout)
+    rows = export_form_rows(run_tool, '--parc-forms', 'merged', 'conv')
     merged = rows['ParC-Net-S os32 fused (merged) @96 ORT']
     conv = rows['ParC-Net-S os32 fused (conv) @96 ORT']
     assert 'ParC mixer as merged' in merged[-1], merged
