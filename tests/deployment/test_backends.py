@@ -182,6 +182,26 @@ def test_openvino_fp32_compiles_in_f32(exported, tmp_path):
     assert ours < FP32_TOLERANCE < theirs, (ours, theirs)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('parc_form', ['conv', 'merged'])
+def test_ncnn_exports_parcnet_in_its_measured_form(parc_form, exported,
+                                                   tmp_path):
+    """Backend.export, the whole path export.py takes: ncnn's own ParC
+    form (depthwise convs, no MatMul layer) and the merged one both run
+    exactly; the model is the shared fused one, so it stays unchanged."""
+    installed('ncnn')
+    backend = get_backend('ncnn', parc_form=None if parc_form == 'conv'
+                          else parc_form)
+    assert backend.parc_form == parc_form
+    model = exported('demo/ssdlite_parcnet_shapes.py')[0]
+    out = str(tmp_path / 'end2end')
+    param = backend.export(model, SHAPE, out)[0]
+    with open(param) as f:
+        layer_types = {line.split()[0] for line in f.read().splitlines()[2:]}
+    assert ('MatMul' in layer_types) == (parc_form == 'merged'), layer_types
+    assert check_runtime(model, backend.load(out), SHAPE) < FP32_TOLERANCE
+
+
 @pytest.mark.parametrize('name', list(BACKENDS))
 def test_missing_package_names_the_pip_command(name, monkeypatch):
     cls = BACKENDS[name]
