@@ -27,12 +27,11 @@ map in ONNX Runtime and OpenVINO, the depthwise conv in ncnn, whose
 batched MatMul is slow. The user's model is never changed: a form is
 built on a copy.
 """
-from typing import Dict, Optional, Tuple
-
 import torch
 import torch.nn as nn
 
-from mmfalcon.models.layers.parc import (ParCBlock, ParCFused, _static_size,
+from mmfalcon.models.layers.parc import (ParCBlock, ParCFused,
+                                        SizeCachedModule, _static_size,
                                         apply_circular, circular_conv)
 
 PARC_FORMS = ('merged', 'matmul', 'conv')
@@ -47,13 +46,15 @@ def check_parc_form(form: str) -> None:
                          f'{PARC_FORMS}')
 
 
-class CircularForm(nn.Module):
+class CircularForm(SizeCachedModule):
     """One fused ParC (:class:`~mmfalcon.models.layers.parc.ParCFused`) in
     the form ``'matmul'`` or ``'conv'``.
 
     Its kernel and bias map are made from the fused layer's parameters once
-    per feature length, outside any tracer, and kept: an export traces the
-    form after one run at the export shape, and records them as constants.
+    per feature length outside any tracer and cached as the fused layer
+    caches its own: an export traces the form after one run at the export
+    shape, and records them as constants. Traced without a cache entry, they
+    are recorded as ops on the parameters and nothing is cached.
 
     Args:
         fused (ParCFused): The fused ParC; its parameters are read, it is
@@ -70,7 +71,6 @@ class CircularForm(nn.Module):
             raise ValueError(f"CircularForm form {form!r}: expected "
                              f"'matmul' or 'conv'")
         self.fused, self.form, self.dim = fused, form, fused.dim
-        self._made: Dict[int, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
 
     def _make(self, length: int):
         if self.form == 'conv':
@@ -79,11 +79,13 @@ class CircularForm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         length = _static_size(x.shape[self.dim])
-        operand, bias = self._made.get(length) or (None, None)
-        if operand is None:
+        entry = self._cache.get(length)
+        if entry is None and torch.jit.is_tracing():
+            entry = self._make(length)
+        elif entry is None:
             with torch.no_grad():
-                operand, bias = self._made.setdefault(length,
-                                                      self._make(length))
+                entry = self._cache.put(length, self._make(length))
+        operand, bias = entry
         if self.form == 'conv':
             out = circular_conv(x, operand, self.dim)
         else:
